@@ -1,0 +1,67 @@
+# Interpretability from Scratch: `make book` builds the site, `make test` runs every test.
+# Both set everything up from a clean clone (nothing needed but python3, and npm/apt for the
+# vendored MathJax and the browser test).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_PIN := torch==2.13.0
+MATHJAX_VERSION := 3.2.2
+MATHJAX := _static/mathjax/tex-chtml.js
+JOBS ?= 2
+export TINYINTERP_CACHE ?= $(HOME)/.cache/tinyinterp
+export OMP_NUM_THREADS ?= 1
+export MPLBACKEND := Agg
+
+.PHONY: help setup book site test test-unit test-notebooks test-site browser-deps bench clean
+
+help:
+	@echo "make book   - set up .venv, execute every chapter, build the site into _build/html"
+	@echo "make test   - set up .venv, run unit tests, execute every notebook, build and browser-test the site"
+	@echo "make bench  - run benchmarks/ (JSON on stdout)"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet -e ".[book,dev]" "$(TORCH_PIN)"
+	touch $@
+
+setup: $(STAMP) $(MATHJAX)
+
+# MathJax from the npm registry, served by the site itself: no CDN at view time.
+$(MATHJAX):
+	rm -rf _static/mathjax .mathjax-tmp && mkdir -p _static .mathjax-tmp
+	cd .mathjax-tmp && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null && tar xzf mathjax-$(MATHJAX_VERSION).tgz
+	mv .mathjax-tmp/package/es5 _static/mathjax && rm -rf .mathjax-tmp
+	test -f $@
+
+site: setup
+	TINYINTERP_STRICT=1 $(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
+	@echo "Site built. Open _build/html/index.html, or serve it: $(PY) -m http.server -d _build/html 8000"
+
+book: site
+
+browser-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
+
+test-unit: setup
+	$(VENV)/bin/pytest -n $(JOBS) tests --ignore=tests/site -q
+
+test-notebooks: setup
+	TINYINTERP_STRICT=1 $(VENV)/bin/pytest -n $(JOBS) --nbval-lax --nbval-cell-timeout=300 chapters solutions -q
+
+test-site: site browser-deps
+	$(VENV)/bin/pytest tests/site -q
+
+test: test-unit test-notebooks test-site
+
+bench: setup
+	$(PY) benchmarks/model.py
+	$(PY) benchmarks/harness.py
+	$(PY) benchmarks/notebooks.py
+
+clean:
+	rm -rf _build .venv _static/mathjax

@@ -1,0 +1,90 @@
+"""Save/load checkpoints, and a disk cache so a model is trained once and reused.
+
+A cached model's key hashes its model config, training config, data description and the
+source code of the files that define the model, its training and its data: change any of them
+and the model is retrained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .config import TransformerConfig
+from .model import HookedTransformer
+
+_CODE_FILES = ("config.py", "model.py", "functional.py", "train.py", "data.py", "hooks.py")
+
+
+def save_checkpoint(model: HookedTransformer, path: str | Path, extra: dict | None = None) -> None:
+    """Write ``{"config", "state_dict", "extra"}`` atomically (tmp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict(), "extra": extra or {}}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> tuple[HookedTransformer, dict]:
+    """Load with ``weights_only=True``: a checkpoint can hold tensors and plain data, never code."""
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    model = HookedTransformer(TransformerConfig.from_dict(ckpt["config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, ckpt.get("extra", {})
+
+
+def code_version() -> str:
+    """A hash of the source files that determine what a trained model is."""
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in _CODE_FILES:
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def cache_dir() -> Path:
+    """``$TINYINTERP_CACHE``, else ``~/.cache/tinyinterp``."""
+    return Path(os.environ.get("TINYINTERP_CACHE", Path.home() / ".cache" / "tinyinterp"))
+
+
+def cache_key(name: str, spec: dict) -> str:
+    blob = json.dumps({"name": name, "spec": spec, "code": code_version()}, sort_keys=True)
+    return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def cached_model(
+    name: str, spec: dict, build: Callable[[], tuple[HookedTransformer, dict]]
+) -> tuple[HookedTransformer, dict]:
+    """Return the model cached under ``(name, spec, code version)``, building it on first use.
+
+    ``build()`` trains and returns ``(model, extra)``; ``extra`` (e.g. the loss history) is stored
+    with it. A file lock makes concurrent callers (pytest-xdist workers) train only once.
+    """
+    path = cache_dir() / f"{cache_key(name, spec)}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock, _locked(lock):
+        if path.exists():
+            try:
+                return load_checkpoint(path)
+            except Exception:  # a truncated or stale file: rebuild it
+                path.unlink(missing_ok=True)
+        model, extra = build()
+        save_checkpoint(model, path, extra)
+        return model, extra
+
+
+@contextlib.contextmanager
+def _locked(f):
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,0 +1,154 @@
+"""Compare a learner's output with the reference and say, specifically, what is wrong."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .registry import Case, Exercise
+from .runner import Outcome, run_case
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    message: str = ""
+    kind: str = "ok"  # ok | not_implemented | exception | timeout | type | shape | dtype | nan | mutated | mistake | values
+
+
+def judge(ex: Exercise, case: Case, outcome: Outcome, expected: Any) -> Verdict:
+    """Decide whether ``outcome`` is right for ``case``; ``expected`` is the reference output."""
+    where = f"on the test case '{case.name}' ({describe_inputs(case.kwargs)})"
+    if outcome.timed_out:
+        return Verdict(False, f"Time limit exceeded: your function ran for more than {ex.time_limit_s:g} s "
+                              f"{where}. Look for an infinite loop, or a Python loop over every element "
+                              f"where one tensor operation would do.", "timeout")
+    if isinstance(outcome.error, NotImplementedError):
+        return Verdict(False, f"Not implemented yet: replace `raise NotImplementedError()` in "
+                              f"`{ex.signature}` with your code.", "not_implemented")
+    if outcome.error is not None:
+        name = type(outcome.error).__name__
+        return Verdict(False, f"Your function raised {name} {where}:\n{outcome.traceback}", "exception")
+    got = outcome.output
+    v = _compare_structure(ex, got, expected, where)
+    if v is not None:
+        return v
+    mutated = [k for k, before in case.kwargs.items() if not _same(before, outcome.inputs_after[k])]
+    if mutated:
+        return Verdict(False, f"Your function modified its input{'s' if len(mutated) > 1 else ''} "
+                              f"{', '.join(f'`{m}`' for m in mutated)} in place {where}. Work on a copy "
+                              f"(e.g. use `x = x + 1`, not `x += 1`, and avoid `masked_fill_`).", "mutated")
+    if _close(ex, got, expected):
+        return Verdict(True)
+    for m in ex.mistakes:  # a known mistake? name it
+        try:
+            wrong = m.fn(**case.kwargs)
+        except Exception:
+            continue
+        if not _close(ex, wrong, expected) and _close(ex, got, wrong):
+            return Verdict(False, f"{m.message} (detected {where})", "mistake")
+    for g, e, path in _leaves(got, expected):
+        bad = ~torch.isfinite(g) & torch.isfinite(e)
+        if bad.any():
+            idx = tuple(int(i) for i in bad.nonzero()[0])
+            return Verdict(False, f"Your output{path} contains {'NaN' if g[idx].isnan() else 'inf'} at index "
+                                  f"{idx} where the expected value is {e[idx].item():.4g} {where}. "
+                                  f"Large inputs overflow a naive exp(); subtract the maximum first, or use "
+                                  f"torch.softmax / log_softmax.", "nan")
+    for g, e, path in _leaves(got, expected):
+        if not _close(ex, g, e):
+            diff = (g.double() - e.double()).abs().nan_to_num(float("inf"))
+            idx = tuple(int(i) for i in (diff == diff.max()).nonzero()[0])
+            return Verdict(False, f"Values off{path}: max abs error {diff.max().item():.3g} at index {idx} "
+                                  f"(expected {e[idx].item():.5g}, got {g[idx].item():.5g}) {where}; "
+                                  f"tolerance atol={ex.atol:g}, rtol={ex.rtol:g}.", "values")
+    return Verdict(False, f"Output differs from the expected one {where}.", "values")
+
+
+def run_and_judge(ex: Exercise, fn, case: Case) -> Verdict:
+    expected = ex.reference(**case.kwargs)
+    return judge(ex, case, run_case(fn, case.kwargs, ex.time_limit_s), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+def _as_plain_tensor(x: Any) -> Tensor | None:
+    """Only genuine tensors count: a subclass or lookalike could override comparisons."""
+    if type(x) is Tensor or type(x) is nn.Parameter:
+        return x.detach()
+    return None
+
+
+def _compare_structure(ex: Exercise, got: Any, expected: Any, where: str, path: str = "") -> Verdict | None:
+    if isinstance(expected, tuple):
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            return Verdict(False, f"Expected a tuple of {len(expected)} tensors, got {_type_name(got)} {where}.", "type")
+        for i, (g, e) in enumerate(zip(got, expected)):
+            v = _compare_structure(ex, g, e, where, f"{path}[{i}]")
+            if v is not None:
+                return v
+        return None
+    if isinstance(expected, Tensor):
+        g = _as_plain_tensor(got)
+        if g is None:
+            return Verdict(False, f"Expected{_label(path)} a torch.Tensor, got {_type_name(got)} {where}.", "type")
+        if g.shape != expected.shape:
+            return Verdict(False, f"Wrong shape{_label(path)}: expected {list(expected.shape)}, got "
+                                  f"{list(g.shape)} {where}.", "shape")
+        if g.dtype != expected.dtype:
+            return Verdict(False, f"Wrong dtype{_label(path)}: expected {expected.dtype}, got {g.dtype} {where}.", "dtype")
+        return None
+    if isinstance(expected, (int, float)):
+        if isinstance(got, bool) or not isinstance(got, (int, float)):
+            return Verdict(False, f"Expected{_label(path)} a number, got {_type_name(got)} {where}.", "type")
+        return None
+    raise TypeError(f"unsupported reference output type {type(expected)}")
+
+
+def _leaves(got: Any, expected: Any, path: str = ""):
+    if isinstance(expected, tuple):
+        for i, (g, e) in enumerate(zip(got, expected)):
+            yield from _leaves(g, e, f"{path}[{i}]")
+    else:
+        yield torch.as_tensor(_as_plain_tensor(got) if isinstance(got, Tensor) else got), torch.as_tensor(expected), path
+
+
+def _close(ex: Exercise, got: Any, expected: Any) -> bool:
+    if isinstance(expected, tuple):
+        return isinstance(got, (tuple, list)) and len(got) == len(expected) and all(
+            _close(ex, g, e) for g, e in zip(got, expected))
+    if isinstance(expected, Tensor):
+        g = _as_plain_tensor(got)
+        if g is None or g.shape != expected.shape or g.dtype != expected.dtype:
+            return False
+        if g.dtype == torch.bool or not g.is_floating_point():
+            return bool(torch.equal(g, expected))
+        return bool(torch.allclose(g, expected, atol=ex.atol, rtol=ex.rtol, equal_nan=True))
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        return False
+    return abs(float(got) - float(expected)) <= ex.atol + ex.rtol * abs(float(expected))
+
+
+def _same(before: Any, after: Any) -> bool:
+    if isinstance(before, Tensor):
+        return isinstance(after, Tensor) and before.shape == after.shape and bool(torch.equal(before, after))
+    return True
+
+
+def _label(path: str) -> str:
+    return f" for output {path}" if path else ""
+
+
+def _type_name(x: Any) -> str:
+    if isinstance(x, Tensor):
+        return f"a {type(x).__name__} (a tensor subclass, which is not accepted)"
+    return "None (did you forget to `return`?)" if x is None else f"a {type(x).__name__}"
+
+
+def describe_inputs(kwargs: dict[str, Any]) -> str:
+    parts = []
+    for k, v in kwargs.items():
+        parts.append(f"{k}: {list(v.shape)}" if isinstance(v, Tensor) else f"{k}={v!r}")
+    return ", ".join(parts)

@@ -1,0 +1,110 @@
+"""The exercise registry: what each exercise asks, its reference, its test cases and known mistakes."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+# Every public module of this package defines exercises; importing it registers them.
+EXERCISE_PACKAGE = "tinyinterp.exercises"
+
+
+@dataclass
+class Case:
+    """One test input. ``kwargs`` are passed to the learner's function by name."""
+
+    name: str
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class Mistake:
+    """A known wrong implementation and the message that names it."""
+
+    message: str
+    fn: Callable[..., Any]
+
+
+@dataclass
+class Exercise:
+    id: str
+    chapter: str  # notebook slug, e.g. "02_attention"
+    title: str
+    signature: str  # what the learner implements, e.g. "attention_pattern(q, k)"
+    reference: Callable[..., Any]
+    cases: Callable[[torch.Generator, bool], list[Case]]  # (generator, hidden) -> cases
+    points: int = 1
+    difficulty: int = 1  # 1-5
+    importance: int = 3  # 1-5
+    minutes: int = 10
+    mistakes: list[Mistake] = field(default_factory=list)
+    atol: float = 1e-5
+    rtol: float = 1e-4
+    time_limit_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("difficulty", "importance"):
+            if not 1 <= getattr(self, name) <= 5:
+                raise ValueError(f"exercise {self.id}: {name} must be in 1..5")
+        params = list(inspect.signature(self.reference).parameters)
+        declared = self.signature[self.signature.index("(") + 1 : self.signature.rindex(")")]
+        declared_names = [p.split("=")[0].strip() for p in declared.split(",") if p.strip()]
+        if declared_names != params[: len(declared_names)]:
+            raise ValueError(f"exercise {self.id}: signature {self.signature} != reference {params}")
+
+    @property
+    def parameters(self) -> list[str]:
+        sig = self.signature
+        return [p.split("=")[0].strip() for p in sig[sig.index("(") + 1 : sig.rindex(")")].split(",") if p.strip()]
+
+    def public_cases(self) -> list[Case]:
+        return self.cases(torch.Generator().manual_seed(0), False)
+
+    def hidden_cases(self, seed: int = 1) -> list[Case]:
+        """Cases the learner never sees: another seed and the hidden shapes."""
+        return self.cases(torch.Generator().manual_seed(10_000 + seed), True)
+
+    def describe(self) -> dict:
+        return {
+            "id": self.id, "chapter": self.chapter, "title": self.title, "signature": self.signature,
+            "points": self.points, "difficulty": self.difficulty, "importance": self.importance,
+            "minutes": self.minutes, "reference": f"{self.reference.__module__}.{self.reference.__qualname__}",
+            "mistakes": [m.message for m in self.mistakes],
+            "tolerance": {"atol": self.atol, "rtol": self.rtol}, "time_limit_s": self.time_limit_s,
+        }
+
+
+_REGISTRY: dict[str, Exercise] = {}
+
+
+def register(ex: Exercise) -> Exercise:
+    if ex.id in _REGISTRY and _REGISTRY[ex.id] is not ex:
+        raise ValueError(f"exercise id {ex.id!r} registered twice")
+    _REGISTRY[ex.id] = ex
+    return ex
+
+
+def all_exercises() -> dict[str, Exercise]:
+    """Every registered exercise, in registration order (chapter by chapter)."""
+    import pkgutil
+
+    pkg = importlib.import_module(EXERCISE_PACKAGE)
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{EXERCISE_PACKAGE}.{info.name}")
+    return dict(_REGISTRY)
+
+
+def get_exercise(exercise_id: str) -> Exercise:
+    exercises = all_exercises()
+    if exercise_id not in exercises:
+        import difflib
+
+        close = difflib.get_close_matches(exercise_id, exercises, n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise KeyError(f"no exercise with id {exercise_id!r}.{hint}")
+    return exercises[exercise_id]

@@ -1,0 +1,180 @@
+"""Generate exercises/ from solutions/ (the source of truth), and check that it is up to date.
+
+In a solution notebook:
+- code between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` becomes a stub: ``# YOUR CODE HERE``,
+  any ``# Hint: ...`` lines of the solution, and ``raise NotImplementedError()``;
+- a cell that calls ``tinyinterp.check("<id>", ...)`` becomes a locked nbgrader grade cell
+  worth that exercise's points;
+- the "Open in Colab" link is pointed at the exercise notebook; outputs and execution counts are
+  dropped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+CHECK_RE = re.compile(r"""check\(\s*["']([A-Za-z0-9_]+)["']""")
+HINT_RE = re.compile(r"^\s*# Hint:")
+SETUP_MARK = "# Setup: installs tinyinterp"
+
+
+class ReleaseError(Exception):
+    """A solution notebook breaks a convention; the message says which and where."""
+
+
+def repository_url(root: Path) -> str:
+    """``repository.url`` from ``_config.yml`` (a tiny reader: no YAML dependency at run time)."""
+    text = (root / "_config.yml").read_text()
+    m = re.search(r"^repository:\s*\n(?:[ \t]+.*\n)*?[ \t]+url:\s*(\S+)", text, re.M)
+    if not m:
+        raise ReleaseError("_config.yml has no repository.url")
+    return m.group(1).strip("'\"").rstrip("/")
+
+
+def colab_url(repo_url: str, path: str, branch: str = "main") -> str:
+    return repo_url.replace("https://github.com/", "https://colab.research.google.com/github/") + f"/blob/{branch}/{path}"
+
+
+def setup_cell_source(repo_url: str) -> str:
+    return (f"{SETUP_MARK} where it is missing (Colab); never reinstalls torch.\n"
+            "try:\n    import tinyinterp\nexcept ImportError:\n"
+            f'    %pip install --quiet "tinyinterp @ git+{repo_url}"\n    import tinyinterp')
+
+
+def stub_source(source: str, where: str) -> str:
+    """Replace each BEGIN/END SOLUTION region by a stub, keeping its indentation."""
+    out: list[str] = []
+    lines = source.split("\n")
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.strip() == BEGIN:
+            indent = line[: len(line) - len(line.lstrip())]
+            hints = []
+            i += 1
+            while i < len(lines) and lines[i].strip() != END:
+                if lines[i].strip() == BEGIN:
+                    raise ReleaseError(f"{where}: nested {BEGIN}")
+                if HINT_RE.match(lines[i]):
+                    hints.append(indent + lines[i].strip())
+                i += 1
+            if i == len(lines):
+                raise ReleaseError(f"{where}: {BEGIN} without {END}")
+            out += [indent + "# YOUR CODE HERE", *hints, indent + "raise NotImplementedError()"]
+        elif line.strip() == END:
+            raise ReleaseError(f"{where}: {END} without {BEGIN}")
+        else:
+            out.append(line)
+        i += 1
+    return "\n".join(out)
+
+
+def _src(cell: dict) -> str:
+    s = cell.get("source", "")
+    return "".join(s) if isinstance(s, list) else s
+
+
+def release_notebook(nb: dict, rel_path: str, repo_url: str, points: dict[str, int]) -> dict:
+    """The exercise version of one solution notebook (a new dict; ``nb`` is untouched)."""
+    nb = copy.deepcopy(nb)
+    sol_url = colab_url(repo_url, rel_path)
+    ex_url = colab_url(repo_url, rel_path.replace("solutions/", "exercises/", 1))
+    validate_header(nb, rel_path, repo_url)
+    n_solutions = 0
+    for idx, cell in enumerate(nb["cells"]):
+        src = _src(cell)
+        where = f"{rel_path}, cell {idx}"
+        meta = {k: v for k, v in cell.get("metadata", {}).items() if k not in ("nbgrader", "execution")}
+        cell_id = cell.get("id") or f"cell-{idx}"
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+            if BEGIN in src:
+                n_solutions += 1
+                src = stub_source(src, where)
+                meta["nbgrader"] = _nbgrader(f"solution_{cell_id}", solution=True, grade=False, locked=False)
+            elif (m := CHECK_RE.search(src)) and "tinyinterp" in src:
+                ex_id = m.group(1)
+                if ex_id not in points:
+                    raise ReleaseError(f"{where}: check({ex_id!r}) names no registered exercise")
+                meta["nbgrader"] = _nbgrader(f"check_{ex_id}", solution=False, grade=True, locked=True,
+                                             points=points[ex_id])
+        elif END in src or BEGIN in src:
+            raise ReleaseError(f"{where}: solution markers in a {cell['cell_type']} cell")
+        else:
+            src = src.replace(sol_url, ex_url)
+        cell["source"] = src
+        cell["metadata"] = meta
+    if n_solutions == 0:
+        raise ReleaseError(f"{rel_path}: no {BEGIN} region; is it an exercise notebook?")
+    return nb
+
+
+def _nbgrader(grade_id: str, solution: bool, grade: bool, locked: bool, points: int | None = None) -> dict:
+    d = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": 3, "solution": solution}
+    if points is not None:
+        d["points"] = points
+    return d
+
+
+def validate_header(nb: dict, rel_path: str, repo_url: str) -> None:
+    """Every book notebook links to itself in Colab and installs tinyinterp only where it is missing."""
+    cells = nb.get("cells", [])
+    md = next((c for c in cells if c["cell_type"] == "markdown"), None)
+    url = colab_url(repo_url, rel_path)
+    if md is None or url not in _src(md):
+        raise ReleaseError(f"{rel_path}: the first markdown cell must link to {url} (Open in Colab)")
+    code = next((c for c in cells if c["cell_type"] == "code"), None)
+    if code is None or _src(code).strip() != setup_cell_source(repo_url):
+        raise ReleaseError(f"{rel_path}: the first code cell must be the setup cell:\n{setup_cell_source(repo_url)}")
+
+
+def dumps(nb: dict) -> str:
+    return json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+@dataclass
+class ReleasePlan:
+    outputs: dict[Path, str]  # exercise path -> text
+    stale: list[Path]  # exercise files that differ or are missing
+    orphans: list[Path]  # exercise files with no solution
+
+
+def plan_release(root: Path) -> ReleasePlan:
+    from .harness import all_exercises
+
+    repo_url = repository_url(root)
+    points = {i: ex.points for i, ex in all_exercises().items()}
+    outputs: dict[Path, str] = {}
+    for sol in sorted((root / "solutions").glob("*.ipynb")):
+        rel = f"solutions/{sol.name}"
+        try:
+            nb = json.loads(sol.read_text())
+        except json.JSONDecodeError as e:
+            raise ReleaseError(f"{rel} is not valid JSON: {e}") from None
+        outputs[root / "exercises" / sol.name] = dumps(release_notebook(nb, rel, repo_url, points))
+    for chap in sorted((root / "chapters").glob("*.ipynb")):
+        validate_header(json.loads(chap.read_text()), f"chapters/{chap.name}", repo_url)
+    for nb_path in sorted([*(root / "chapters").glob("*.ipynb"), *(root / "solutions").glob("*.ipynb")]):
+        cells = json.loads(nb_path.read_text())["cells"]
+        if any(c.get("outputs") for c in cells if c["cell_type"] == "code"):
+            raise ReleaseError(f"{nb_path.relative_to(root)} is stored with outputs; clear them "
+                               f"(jupyter nbconvert --clear-output --inplace {nb_path.relative_to(root)})")
+    stale = [p for p, text in outputs.items() if not p.exists() or p.read_text() != text]
+    orphans = [p for p in sorted((root / "exercises").glob("*.ipynb")) if p not in outputs]
+    return ReleasePlan(outputs, stale, orphans)
+
+
+def release(root: Path, check_only: bool = False) -> ReleasePlan:
+    plan = plan_release(root)
+    if not check_only:
+        (root / "exercises").mkdir(exist_ok=True)
+        for p in plan.stale:
+            p.write_text(plan.outputs[p])
+        for p in plan.orphans:
+            p.unlink()
+    return plan
