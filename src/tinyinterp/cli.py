@@ -58,6 +58,95 @@ def cmd_release(args) -> int:
     return 0
 
 
+def _positive(kind):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        return v
+    return parse
+
+
+def _grade_options(args, hidden: bool):
+    from .grading.grader import GradeOptions
+    from .grading.sandbox import Limits
+
+    return GradeOptions(cell_timeout_s=args.cell_timeout, submission_timeout_s=args.submission_timeout,
+                        limits=Limits(memory_bytes=int(args.memory_gb * 2**30)), hidden=hidden)
+
+
+def cmd_grade(args) -> int:
+    from .grading import load_assignment
+    from .grading.batch import BatchConfig, run_batch
+    from .grading.sandbox import isolation_summary
+
+    subs = Path(args.submissions)
+    if not subs.is_dir():
+        print(f"tinyinterp grade: error: {subs} is not a folder of submissions", file=sys.stderr)
+        return 2
+    try:
+        root = _find_root(Path(args.root).resolve())
+        assignment = load_assignment(root, args.assignment)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"tinyinterp grade: error: {e}", file=sys.stderr)
+        return 2
+    options = _grade_options(args, hidden=True)
+    options.hide = [root / "solutions"]
+    cfg = BatchConfig(subs, Path(args.out), Path(args.feedback), args.workers, args.resume,
+                      Path(args.canvas) if args.canvas else None, args.feedback_format, args.id_pattern,
+                      options, progress=not args.quiet)
+    print(isolation_summary(options.limits), file=sys.stderr)
+    try:
+        results, notes = run_batch(cfg, assignment)
+    except KeyboardInterrupt:
+        print("interrupted: finished submissions are saved; run again with --resume to continue", file=sys.stderr)
+        return 130
+    for line in notes:
+        print(line)
+    print(f"gradebook: {cfg.out}  feedback: {cfg.feedback}/" + (f"  canvas: {cfg.canvas}" if cfg.canvas else ""))
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .grading import load_assignment
+    from .grading.grader import grade_notebook
+
+    path = Path(args.notebook)
+    if not path.is_file():
+        print(f"tinyinterp check: error: no notebook at {path}", file=sys.stderr)
+        return 2
+    try:
+        root = _find_root(Path(args.root).resolve())
+        slug = args.assignment or path.stem
+        assignment = load_assignment(root, slug)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"tinyinterp check: error: {e} (name the chapter with --assignment)", file=sys.stderr)
+        return 2
+    r = grade_notebook(path, "you", assignment, _grade_options(args, hidden=False), None)
+    print(f"{'exercise':26} {'points':>9}  tests   result")
+    for e in r.exercises:
+        print(f"{e.id:26} {e.points:>4g}/{e.max_points:<4g}  {e.cases_passed:>2}/{e.cases_total:<3}  "
+              f"{'passed' if e.kind == 'ok' else e.kind}")
+    print(f"{'total':26} {r.total:>4g}/{r.max_total:<4g}  status: {r.status}")
+    for e in r.exercises:
+        if e.kind != "ok":
+            print(f"\n{e.id}: {e.message}")
+    return 0 if r.total == r.max_total else 1
+
+
+def _add_limits(p) -> None:
+    p.add_argument("--cell-timeout", type=_positive(float), default=60.0, metavar="S",
+                   help="wall-clock limit per notebook cell, seconds (default 60)")
+    p.add_argument("--submission-timeout", type=_positive(float), default=300.0, metavar="S",
+                   help="wall-clock limit per submission, seconds (default 300)")
+    p.add_argument("--memory-gb", type=_positive(float), default=4.0, metavar="GB",
+                   help="address-space limit of the learner's process (default 4)")
+    p.add_argument("--root", default=".", help="the book's root folder (default: search upwards from here)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tinyinterp", description="Interpretability from Scratch: exercises, release and grading.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
@@ -76,6 +165,34 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--check", action="store_true", help="exit 1 if exercises/ differs from what release would write")
     r.add_argument("--root", default=".", help="the book's root folder (default: search upwards from here)")
     r.set_defaults(func=cmd_release)
+
+    c = sub.add_parser("check", help="self-grade a saved notebook from a terminal",
+                       description="Re-run a saved exercise notebook in a fresh process and print the points table "
+                                   "(public tests only: the same tests as the check cells). Exit 0 when everything "
+                                   "passes, 1 otherwise.")
+    c.add_argument("notebook", help="the .ipynb file, e.g. one downloaded from Colab")
+    c.add_argument("--assignment", help="the chapter slug (default: the notebook's file name)")
+    _add_limits(c)
+    c.set_defaults(func=cmd_check)
+
+    g = sub.add_parser("grade", help="grade a folder of submissions with hidden tests",
+                       description="Grade every .ipynb in SUBMISSIONS_DIR in a sandbox, with public and hidden tests "
+                                   "and partial credit. Writes a gradebook CSV (student, one column per exercise, "
+                                   "total, max_total, status), per-student feedback, and optionally a Canvas CSV. "
+                                   "The student id is taken from the file name with --id-pattern.")
+    g.add_argument("submissions", metavar="SUBMISSIONS_DIR")
+    g.add_argument("--assignment", required=True, help="the chapter slug, e.g. 01_tokens_and_embeddings")
+    g.add_argument("--out", default="gradebook.csv", help="gradebook CSV path (default gradebook.csv)")
+    g.add_argument("--feedback", default="feedback", help="folder for per-student feedback (default feedback/)")
+    g.add_argument("--feedback-format", choices=["md", "html"], default="md")
+    g.add_argument("--canvas", metavar="CSV", help="also write a Canvas-importable gradebook here")
+    g.add_argument("--workers", type=_positive(int), default=1, help="submissions graded at once (default 1)")
+    g.add_argument("--resume", action="store_true", help="keep results saved by an interrupted run")
+    g.add_argument("--id-pattern", default=r"^(?P<student>[^_.]+)",
+                   help="regex with a (?P<student>...) group, searched in the file name (default: up to the first _)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_limits(g)
+    g.set_defaults(func=cmd_grade)
     return p
 
 

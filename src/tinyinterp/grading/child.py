@@ -1,0 +1,73 @@
+"""The sandboxed child: run the learner's cells, then call the learner's functions on the test inputs.
+
+``python -m tinyinterp.grading.child JOB_DIR RESULT_FD``. It judges nothing: it only reports what
+happened, over the result pipe, and the grading process decides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+
+
+def main(job_dir: str, fd: int) -> None:
+    import torch  # noqa: F401  (before learner code, so the learner cannot shadow it first)
+
+    from tinyinterp.grading.protocol import encode, to_wire
+    from tinyinterp.harness.runner import run_case
+
+    out = os.fdopen(fd, "wb", buffering=0)
+    main_pid = os.getpid()
+
+    def send(**msg) -> None:
+        if os.getpid() != main_pid:  # a process the learner forked: it must not speak for us
+            os._exit(0)
+        out.write(encode(msg))
+    job = json.loads(open(os.path.join(job_dir, "job.json")).read())
+    inputs = torch.load(os.path.join(job_dir, "inputs.pt"), weights_only=True)
+    os.unlink(os.path.join(job_dir, "inputs.pt"))
+    namespace: dict = {"__name__": "__main__"}
+    skip_cells = set(job["skip_cells"])
+    for index, source in job["cells"]:
+        if index in skip_cells:
+            continue
+        send(event="cell_start", index=index)
+        error = None
+        try:
+            code = compile(source, f"<cell {index}>", "exec")
+            exec(code, namespace)
+        except BaseException as e:  # noqa: BLE001 - SystemExit, KeyboardInterrupt too: keep going
+            error = f"{type(e).__name__}: {e}"[:500]
+            if isinstance(e, MemoryError) or "can't allocate memory" in str(e):
+                error = "MemoryError: " + error
+        if os.getpid() != main_pid:
+            os._exit(0)
+        send(event="cell_end", index=index, error=error)
+    for ex_id, spec in job["exercises"].items():
+        if ex_id in job["skip_exercises"]:
+            continue
+        send(event="exercise_start", id=ex_id)
+        fn = namespace.get(spec["function"])
+        if not callable(fn):
+            send(event="missing", id=ex_id, function=spec["function"])
+            continue
+        for k, kwargs in enumerate(inputs[ex_id]):
+            o = run_case(fn, kwargs, spec["time_limit_s"])
+            send(event="case", id=ex_id, case=k, output=to_wire(o.output), timed_out=o.timed_out,
+                 error_type=None if o.error is None else type(o.error).__name__,
+                 traceback=o.traceback[-2000:], seconds=o.seconds,
+                 inputs_after={n: to_wire(v) for n, v in (o.inputs_after or {}).items()})
+        send(event="exercise_end", id=ex_id)
+    send(event="done")
+    out.flush()
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1], int(sys.argv[2]))
+    except BaseException:
+        traceback.print_exc()
+        raise
+    os._exit(0)  # skip atexit handlers the learner may have registered

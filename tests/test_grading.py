@@ -1,0 +1,253 @@
+"""Tamper and fault suite for `tinyinterp grade`: submissions built from the real solution and
+exercise notebooks; no learner code can raise its own grade, and the batch always completes."""
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tinyinterp.grading.sandbox import can_isolate
+
+ROOT = Path(__file__).resolve().parents[1]
+SLUG = "01_tokens_and_embeddings"
+SOLUTION = json.loads((ROOT / "solutions" / f"{SLUG}.ipynb").read_text())
+EXERCISE = json.loads((ROOT / "exercises" / f"{SLUG}.ipynb").read_text())
+FULL = {"embed": 1, "bigram_log_probs": 2, "cross_entropy_loss": 2}
+
+
+def src(cell):
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def with_cell(nb, function, new_source):
+    """A copy of ``nb`` whose cell defining ``function`` is replaced by ``new_source``."""
+    nb = json.loads(json.dumps(nb))
+    cell = next(c for c in nb["cells"] if c["cell_type"] == "code" and f"def {function}(" in src(c))
+    cell["source"] = new_source
+    return nb
+
+
+def add_cell(nb, source, at=3):
+    nb = json.loads(json.dumps(nb))
+    nb["cells"].insert(at, {"cell_type": "code", "metadata": {}, "source": source, "outputs": [],
+                            "execution_count": None, "id": f"extra{at}"})
+    return nb
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("grading")
+    subs, out, fb = tmp / "subs", tmp / "out" / "gradebook.csv", tmp / "feedback"
+    subs.mkdir()
+    hits = []
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(5)
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                hits.append(1)
+                conn.close()
+            except OSError:
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    stub = "def embed(tokens, W_E, W_pos):\n    raise NotImplementedError()\n"
+    cases = {
+        "correct": SOLUTION,
+        "blank": EXERCISE,
+        "patchcheck": add_cell(with_cell(SOLUTION, "embed", "def embed(tokens, W_E, W_pos):\n    return W_E[tokens]\n"),
+                               "import tinyinterp, tinyinterp.harness.judge as j, torch\n"
+                               "tinyinterp.check = lambda *a, **k: True\nj._close = lambda *a, **k: True\n"
+                               "j.judge = lambda *a, **k: None\ntorch.allclose = lambda *a, **k: True\n"),
+        "alwayseq": with_cell(SOLUTION, "embed",
+                              "import torch\nclass Yes(torch.Tensor):\n    def __eq__(self, o): return True\n"
+                              "    def allclose(self, *a, **k): return True\n"
+                              "def embed(tokens, W_E, W_pos):\n    return (W_E[tokens]).as_subclass(Yes)\n"),
+        "fakeobj": with_cell(SOLUTION, "embed",
+                             "class Fake:\n    shape = None\n    def __eq__(self, o): return True\n"
+                             "def embed(tokens, W_E, W_pos):\n    return Fake()\n"),
+        "editedoutputs": _claim_success(EXERCISE),
+        "writer": with_cell(SOLUTION, "embed",
+                            f"import pathlib\nfor p in [{str(out)!r}, {str(fb / 'writer.md')!r}, {str(fb / 'correct.md')!r}]:\n"
+                            f"    try:\n        pathlib.Path(p).write_text('writer,1,2,2,5,5,graded')\n"
+                            f"    except OSError:\n        pass\n"
+                            f"import glob\nfor p in glob.glob({str(out) + '.state/*'!r}):\n"
+                            f"    try:\n        open(p, 'w').write('{{}}')\n    except OSError:\n        pass\n" + stub),
+        "sysexit": with_cell(SOLUTION, "embed", "import sys\nsys.exit(0)\n" + stub),
+        "osexit": with_cell(SOLUTION, "embed", "import os\nos._exit(0)\n" + stub),
+        "osexitinside": with_cell(SOLUTION, "embed", "import os\ndef embed(tokens, W_E, W_pos):\n    os._exit(3)\n"),
+        "loop": with_cell(SOLUTION, "embed", "while True:\n    pass\n" + stub),
+        "sleepinside": with_cell(SOLUTION, "embed", "import time\ndef embed(tokens, W_E, W_pos):\n"
+                                 "    import signal\n    signal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
+                                 "    while True:\n        time.sleep(1)\n"),
+        "membomb": with_cell(SOLUTION, "embed", "hog = bytearray(2**36)  # 64 GiB\n" + stub),
+        "forkbomb": with_cell(SOLUTION, "embed", "import os\nkids = 0\nfor _ in range(10_000):\n    try:\n"
+                              "        if os.fork() == 0:\n            import time; time.sleep(30)\n"
+                              "        kids += 1\n    except OSError:\n        break\n" + stub),
+        "network": with_cell(SOLUTION, "embed", f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+                             f"except OSError:\n    pass\n" + stub),
+    }
+    for name, nb in cases.items():
+        (subs / f"{name}_01.ipynb").write_text(json.dumps(nb))
+    (subs / "notjson_01.ipynb").write_text('{"cells": [ not json')
+    p = subprocess.run([sys.executable, "-m", "tinyinterp.cli", "grade", str(subs), "--assignment", SLUG,
+                        "--out", str(out), "--feedback", str(fb), "--workers", "2", "--quiet",
+                        "--cell-timeout", "8", "--memory-gb", "3", "--canvas", str(tmp / "canvas.csv"),
+                        "--root", str(ROOT)], capture_output=True, text=True, timeout=900)
+    stop.set()
+    rows = {r["student"]: r for r in csv.DictReader(out.open())}
+    return {"proc": p, "rows": rows, "feedback": fb, "hits": hits, "tmp": tmp, "out": out}
+
+
+def _claim_success(nb):
+    nb = json.loads(json.dumps(nb))
+    for c in nb["cells"]:
+        if c["cell_type"] == "code" and "tinyinterp.check(" in src(c):
+            c["outputs"] = [{"output_type": "execute_result", "execution_count": 1, "metadata": {},
+                             "data": {"text/plain": "[PASSED] 1/1 points"}}]
+            c["execution_count"] = 1
+    nb.setdefault("metadata", {})["nbgrader"] = {"points": 100}
+    return nb
+
+
+def points(row):
+    return {k: float(row[k]) for k in FULL}
+
+
+def test_batch_completes_and_lists_everyone(graded):
+    assert graded["proc"].returncode == 0, graded["proc"].stderr[-3000:]
+    assert set(graded["rows"]) == {"correct", "blank", "patchcheck", "alwayseq", "fakeobj", "editedoutputs", "writer",
+                                   "sysexit", "osexit", "osexitinside", "loop", "sleepinside", "membomb", "forkbomb",
+                                   "network", "notjson"}
+
+
+def test_correct_gets_full_marks_and_blank_gets_zero(graded):
+    rows = graded["rows"]
+    assert points(rows["correct"]) == FULL and rows["correct"]["status"] == "graded"
+    assert float(rows["correct"]["total"]) == float(rows["correct"]["max_total"]) == 5
+    assert sum(points(rows["blank"]).values()) == 0 and rows["blank"]["status"] == "graded"
+    assert sum(points(rows["editedoutputs"]).values()) == 0
+
+
+@pytest.mark.parametrize("name", ["patchcheck", "alwayseq", "fakeobj", "writer", "sysexit", "osexit",
+                                  "osexitinside", "loop", "sleepinside", "membomb", "forkbomb", "network"])
+def test_tampering_and_faults_earn_nothing_for_that_exercise(graded, name):
+    row = points(graded["rows"][name])
+    assert row["embed"] == 0, (name, row)
+    assert row["bigram_log_probs"] == 2 and row["cross_entropy_loss"] == 2, (name, row)
+
+
+def test_statuses(graded):
+    rows = graded["rows"]
+    assert rows["notjson"]["status"] == "unreadable"
+    assert rows["loop"]["status"] == "timeout" and rows["sleepinside"]["status"] == "timeout"
+    assert rows["membomb"]["status"] == "memory"
+    assert rows["osexit"]["status"] == "crashed" and rows["osexitinside"]["status"] == "crashed"
+
+
+def test_writer_could_not_touch_gradebook_or_feedback(graded):
+    text = graded["out"].read_text()
+    assert "writer,1,2,2,5,5,graded" not in text
+    fb = graded["feedback"]
+    assert "writer,1,2,2" not in (fb / "writer.md").read_text()
+    assert "writer,1,2,2" not in (fb / "correct.md").read_text()
+
+
+@pytest.mark.skipif(not can_isolate(), reason="network namespaces need root (CI runs as root)")
+def test_no_network_from_learner_code(graded):
+    assert graded["hits"] == []
+
+
+def test_feedback_names_mistakes_and_hides_test_code(graded):
+    fb = graded["feedback"]
+    text = (fb / "fakeobj.md").read_text()
+    assert "Expected a torch.Tensor, got a Fake" in text
+    assert "hidden" in (fb / "blank.md").read_text().lower()
+    for f in fb.glob("*.md"):
+        body = f.read_text()
+        assert "def _embed_cases" not in body and "randn(gen" not in body
+
+
+def test_canvas_csv(graded):
+    rows = list(csv.reader((graded["tmp"] / "canvas.csv").open()))
+    assert rows[0][:3] == ["Student", "ID", "SIS User ID"] and "Points Possible" in rows[1][0]
+    assert ["", "", "correct", "", "", "5"] in rows
+
+
+def test_resume_after_interruption(tmp_path):
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for i in range(3):
+        (subs / f"s{i}_01.ipynb").write_text(json.dumps(SOLUTION))
+    out, fb = tmp_path / "gb.csv", tmp_path / "fb"
+    cmd = [sys.executable, "-m", "tinyinterp.cli", "grade", str(subs), "--assignment", SLUG, "--out", str(out),
+           "--feedback", str(fb), "--quiet", "--root", str(ROOT)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    state = Path(str(out) + ".state")
+    import time
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(state.glob("*.json"))) < 1:
+        time.sleep(0.2)
+    p.kill()
+    p.wait()
+    saved = {f.name: f.stat().st_mtime_ns for f in state.glob("*.json")}
+    assert 1 <= len(saved) < 3
+    p = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    after = {f.name: f.stat().st_mtime_ns for f in state.glob("*.json")}
+    assert len(after) == 3 and all(after[k] == v for k, v in saved.items())  # not regraded
+    rows = list(csv.DictReader(out.open()))
+    assert [r["total"] for r in rows] == ["5", "5", "5"]
+
+
+def test_duplicates_are_reported_not_fatal(tmp_path):
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (subs / "dana_1_01.ipynb").write_text(json.dumps(EXERCISE))
+    os.utime(subs / "dana_1_01.ipynb", (1, 1))
+    (subs / "dana_2_01.ipynb").write_text(json.dumps(SOLUTION))
+    (subs / "notes.txt").write_text("hi")
+    out = tmp_path / "gb.csv"
+    p = subprocess.run([sys.executable, "-m", "tinyinterp.cli", "grade", str(subs), "--assignment", SLUG, "--out",
+                        str(out), "--feedback", str(tmp_path / "fb"), "--quiet", "--root", str(ROOT)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0
+    assert "duplicate submission for dana" in p.stdout and "not .ipynb" in p.stdout
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 1 and rows[0]["total"] == "5"
+
+
+def test_self_check_cli(tmp_path):
+    nb = tmp_path / f"{SLUG}.ipynb"
+    nb.write_text(json.dumps(with_cell(SOLUTION, "embed", "def embed(tokens, W_E, W_pos):\n    return W_E[tokens]\n")))
+    p = subprocess.run([sys.executable, "-m", "tinyinterp.cli", "check", str(nb), "--root", str(ROOT)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1
+    assert "total" in p.stdout and "4/5" in p.stdout.replace(" ", "")
+    assert "You left out the positional embedding" in p.stdout
+    nb.write_text(json.dumps(SOLUTION))
+    p = subprocess.run([sys.executable, "-m", "tinyinterp.cli", "check", str(nb), "--root", str(ROOT)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "5/5" in p.stdout.replace(" ", "")
+
+
+@pytest.mark.parametrize("args", [["grade", "/nonexistent", "--assignment", SLUG], ["grade", ".", "--assignment", "99_nope"],
+                                  ["grade", "."], ["grade", ".", "--assignment", SLUG, "--workers", "0"],
+                                  ["check", "/nonexistent.ipynb"]])
+def test_grade_cli_misuse(args):
+    p = subprocess.run([sys.executable, "-m", "tinyinterp.cli", *args, "--root", str(ROOT)] if args[0] == "grade" and "--assignment" in args and len(args) > 2 and args[1] != "." else
+                       [sys.executable, "-m", "tinyinterp.cli", *args], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 2, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
