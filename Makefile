@@ -61,6 +61,7 @@ bench: setup
 	$(PY) benchmarks/model.py
 	$(PY) benchmarks/harness.py
 	$(PY) benchmarks/notebooks.py
+	$(PY) benchmarks/grading.py
 
 clean:
 	rm -rf _build .venv _static/mathjax

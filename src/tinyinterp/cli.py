@@ -41,6 +41,12 @@ def cmd_release(args) -> int:
 
     try:
         root = _find_root(Path(args.root).resolve())
+        if args.nbgrader:
+            from .release import write_nbgrader_source
+
+            written = write_nbgrader_source(root, Path(args.nbgrader))
+            print(f"wrote {len(written)} nbgrader source notebooks under {args.nbgrader}/source/")
+            return 0
         plan = release(root, check_only=args.check)
     except (ReleaseError, FileNotFoundError) as e:
         print(f"tinyinterp release: error: {e}", file=sys.stderr)
@@ -164,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "metadata, no outputs). With --check, change nothing and exit 1 if stale.")
     r.add_argument("--check", action="store_true", help="exit 1 if exercises/ differs from what release would write")
     r.add_argument("--root", default=".", help="the book's root folder (default: search upwards from here)")
+    r.add_argument("--nbgrader", metavar="COURSE_DIR",
+                   help="instead, write an nbgrader course tree (COURSE_DIR/source/<slug>/<slug>.ipynb, solutions kept, "
+                        "nbgrader metadata added) for `nbgrader generate_assignment`")
     r.set_defaults(func=cmd_release)
 
     c = sub.add_parser("check", help="self-grade a saved notebook from a terminal",

@@ -79,8 +79,12 @@ def _src(cell: dict) -> str:
     return "".join(s) if isinstance(s, list) else s
 
 
-def release_notebook(nb: dict, rel_path: str, repo_url: str, points: dict[str, int]) -> dict:
-    """The exercise version of one solution notebook (a new dict; ``nb`` is untouched)."""
+def release_notebook(nb: dict, rel_path: str, repo_url: str, points: dict[str, int],
+                     keep_solutions: bool = False) -> dict:
+    """The exercise version of one solution notebook (a new dict; ``nb`` is untouched).
+
+    ``keep_solutions=True`` gives nbgrader's *source* version instead: the same metadata, solutions kept.
+    """
     nb = copy.deepcopy(nb)
     sol_url = colab_url(repo_url, rel_path)
     ex_url = colab_url(repo_url, rel_path.replace("solutions/", "exercises/", 1))
@@ -95,7 +99,7 @@ def release_notebook(nb: dict, rel_path: str, repo_url: str, points: dict[str, i
             cell["outputs"], cell["execution_count"] = [], None
             if BEGIN in src:
                 n_solutions += 1
-                src = stub_source(src, where)
+                src = src if keep_solutions else stub_source(src, where)
                 meta["nbgrader"] = _nbgrader(f"solution_{cell_id}", solution=True, grade=False, locked=False)
             elif (m := CHECK_RE.search(src)) and "tinyinterp" in src:
                 ex_id = m.group(1)
@@ -105,7 +109,7 @@ def release_notebook(nb: dict, rel_path: str, repo_url: str, points: dict[str, i
                                              points=points[ex_id])
         elif END in src or BEGIN in src:
             raise ReleaseError(f"{where}: solution markers in a {cell['cell_type']} cell")
-        else:
+        elif not keep_solutions:
             src = src.replace(sol_url, ex_url)
         cell["source"] = src
         cell["metadata"] = meta
@@ -178,3 +182,20 @@ def release(root: Path, check_only: bool = False) -> ReleasePlan:
         for p in plan.orphans:
             p.unlink()
     return plan
+
+
+def write_nbgrader_source(root: Path, course_dir: Path) -> list[Path]:
+    """An nbgrader course tree: ``course_dir/source/<slug>/<slug>.ipynb`` with solutions and metadata,
+    ready for ``nbgrader generate_assignment <slug>``."""
+    from .harness import all_exercises
+
+    repo_url = repository_url(root)
+    points = {i: ex.points for i, ex in all_exercises().items()}
+    written = []
+    for sol in sorted((root / "solutions").glob("*.ipynb")):
+        nb = release_notebook(json.loads(sol.read_text()), f"solutions/{sol.name}", repo_url, points, keep_solutions=True)
+        out = course_dir / "source" / sol.stem / sol.name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(dumps(nb))
+        written.append(out)
+    return written
