@@ -40,10 +40,13 @@ def plot_attention(
 
 def plot_attention_grid(
     patterns: Float[Tensor, "n_layers n_heads query_pos key_pos"], str_tokens: Sequence[str], suptitle: str = "",
+    panel_inches: float | None = None,
 ):
-    """Every layer's and head's pattern in one figure (rows: layers, columns: heads)."""
+    """Every layer's and head's pattern in one figure (rows: layers, columns: heads).
+
+    Each panel is ``panel_inches`` wide (default: grows with the sequence, capped at 4 inches)."""
     n_layers, n_heads = patterns.shape[:2]
-    size = 1.0 + 0.14 * len(str_tokens)
+    size = panel_inches or min(4.0, 1.0 + 0.14 * len(str_tokens))
     fig, axes = plt.subplots(n_layers, n_heads, figsize=(size * n_heads, size * n_layers), squeeze=False)
     for layer in range(n_layers):
         for head in range(n_heads):
@@ -68,6 +71,7 @@ def attention_viewer(patterns: Float[Tensor, "n_layers n_heads q k"], str_tokens
     Returns the ipywidgets box; without a live kernel (the built site) use :func:`plot_attention_grid`.
     """
     import ipywidgets as widgets
+    from IPython.display import display
 
     n_layers, n_heads = patterns.shape[:2]
     layer = widgets.IntSlider(0, 0, n_layers - 1, description="layer")
@@ -79,7 +83,8 @@ def attention_viewer(patterns: Float[Tensor, "n_layers n_heads q k"], str_tokens
             out.clear_output(wait=True)
             fig = plot_attention(patterns[layer.value, head.value], str_tokens,
                                  f"layer {layer.value}, head {head.value}")
-            plt.show(fig)
+            display(fig)
+            plt.close(fig)
 
     layer.observe(redraw, names="value")
     head.observe(redraw, names="value")
