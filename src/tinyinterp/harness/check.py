@@ -143,8 +143,9 @@ class ProgressTable:
 def progress(chapter: str | None = None) -> ProgressTable:
     """The exercises of ``chapter`` (default: every chapter you have checked something in)
     with your latest result and points."""
-    exercises = all_exercises().values()
-    chapters = {chapter} if chapter else {get_exercise(i).chapter for i in _PROGRESS if i in all_exercises()}
+    registry = all_exercises(strict=False)
+    chapters = {chapter} if chapter else {registry[i].chapter for i in _PROGRESS if i in registry}
+    exercises = registry.values()
     return ProgressTable([(ex, _PROGRESS.get(ex.id)) for ex in exercises if ex.chapter in chapters])
 
 

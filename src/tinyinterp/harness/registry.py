@@ -88,23 +88,39 @@ def register(ex: Exercise) -> Exercise:
     return ex
 
 
-def all_exercises() -> dict[str, Exercise]:
-    """Every registered exercise, in registration order (chapter by chapter)."""
+def _import_exercise_modules(strict: bool) -> list[str]:
+    """Import every exercise module; with ``strict=False`` a module that fails to import is reported
+    (returned) instead of raised, so one broken part of the book cannot break the others' checks."""
     import pkgutil
 
+    failures = []
     pkg = importlib.import_module(EXERCISE_PACKAGE)
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-        if not info.name.startswith("_"):
+        if info.name.startswith("_"):
+            continue
+        try:
             importlib.import_module(f"{EXERCISE_PACKAGE}.{info.name}")
+        except Exception as e:
+            if strict:
+                raise
+            failures.append(f"{EXERCISE_PACKAGE}.{info.name}: {type(e).__name__}: {e}")
+    return failures
+
+
+def all_exercises(strict: bool = True) -> dict[str, Exercise]:
+    """Every registered exercise, in registration order (chapter by chapter). ``strict=False`` skips
+    exercise modules that fail to import instead of raising."""
+    _import_exercise_modules(strict=strict)
     return dict(_REGISTRY)
 
 
 def get_exercise(exercise_id: str) -> Exercise:
-    exercises = all_exercises()
-    if exercise_id not in exercises:
+    failures = _import_exercise_modules(strict=False)
+    if exercise_id not in _REGISTRY:
         import difflib
 
-        close = difflib.get_close_matches(exercise_id, exercises, n=3)
+        close = difflib.get_close_matches(exercise_id, _REGISTRY, n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise KeyError(f"no exercise with id {exercise_id!r}.{hint}")
-    return exercises[exercise_id]
+        broken = f" (some exercise modules failed to import: {'; '.join(failures)})" if failures else ""
+        raise KeyError(f"no exercise with id {exercise_id!r}.{hint}{broken}")
+    return _REGISTRY[exercise_id]
