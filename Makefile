@@ -7,6 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
+TORCH_INDEX_URL ?=# e.g. https://download.pytorch.org/whl/cpu on hosts where PyPI's torch is the CUDA build
 MATHJAX_VERSION := 3.2.2
 MATHJAX := _static/mathjax/tex-chtml.js
 JOBS ?= 2
@@ -23,7 +24,7 @@ help:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet "$(TORCH_PIN)" $(if $(TORCH_INDEX_URL),--index-url "$(TORCH_INDEX_URL)")
 	$(PY) -m pip install --quiet -e ".[book,dev]" "$(TORCH_PIN)"
 	touch $@
 
@@ -50,7 +51,7 @@ test-unit: setup
 	$(VENV)/bin/pytest -n $(JOBS) tests --ignore=tests/site -q
 
 test-notebooks: setup
-	TINYINTERP_STRICT=1 $(VENV)/bin/pytest -n $(JOBS) --nbval-lax --nbval-cell-timeout=300 chapters solutions -q
+	TINYINTERP_STRICT=1 $(VENV)/bin/pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-cell-timeout=300 chapters solutions -q
 
 test-site: site browser-deps
 	$(VENV)/bin/pytest tests/site -q

@@ -124,7 +124,7 @@ def test_exercise_headers_match_the_registry():
         cells = json.loads(path.read_text())["cells"]
         srcs = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in cells]
         i = next(i for i, s in enumerate(srcs) if f'check("{ex.id}"' in s)
-        header = next(s for s in reversed(srcs[:i]) if s.lstrip().startswith("### Exercise"))
+        header = next(s[s.index("### Exercise"):] for s in reversed(srcs[:i]) if "### Exercise" in s)
         assert "🔴" * ex.difficulty + "⚪" * (5 - ex.difficulty) in header, ex.id
         assert "🔵" * ex.importance + "⚪" * (5 - ex.importance) in header, ex.id
         assert f"~{ex.minutes} minutes" in header and f"{ex.points} point" in header, ex.id

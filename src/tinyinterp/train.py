@@ -90,7 +90,8 @@ def sample(
     gen = torch.Generator().manual_seed(seed)
     tokens = prompt.clone()
     for _ in range(max_new_tokens):
-        logits = model(tokens[-model.cfg.n_ctx:].unsqueeze(0))[0, -1]
+        context = tokens if len(tokens) <= model.cfg.n_ctx else torch.cat([tokens[:1], tokens[-(model.cfg.n_ctx - 1):]])
+        logits = model(context.unsqueeze(0))[0, -1]  # past n_ctx: keep the first token (BOS), drop the oldest
         if temperature == 0:
             nxt = logits.argmax()
         else:
