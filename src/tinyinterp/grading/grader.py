@@ -3,6 +3,7 @@ hangs the child), then judge every output here, with hidden tests and partial cr
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -245,7 +246,7 @@ class _Run:
             outcome = _outcome(m)
             if m.get("error_type") == "MemoryError" or "can't allocate memory" in str(m.get("traceback", "")):
                 self._status_flags.add("memory")
-            v = judge(ex, case, outcome, ex.reference(**case.kwargs))
+            v = judge(ex, case, outcome, ex.reference(**copy.deepcopy(case.kwargs)))
             verdicts.append((v.ok, v.message, v.kind))
         n_ok = sum(ok for ok, _, _ in verdicts)
         points = round(ex.points * n_ok / len(cases), 2) if cases else 0.0

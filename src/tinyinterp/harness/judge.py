@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,7 @@ def judge(ex: Exercise, case: Case, outcome: Outcome, expected: Any) -> Verdict:
         return Verdict(True)
     for m in ex.mistakes:  # a known mistake? name it
         try:
-            wrong = m.fn(**case.kwargs)
+            wrong = m.fn(**copy.deepcopy(case.kwargs))
         except Exception:
             continue
         if not _close(ex, wrong, expected) and _close(ex, got, wrong):
@@ -55,9 +56,7 @@ def judge(ex: Exercise, case: Case, outcome: Outcome, expected: Any) -> Verdict:
         if bad.any():
             idx = tuple(int(i) for i in bad.nonzero()[0])
             return Verdict(False, f"Your output{path} contains {'NaN' if g[idx].isnan() else 'inf'} at index "
-                                  f"{idx} where the expected value is {e[idx].item():.4g} {where}. "
-                                  f"Large inputs overflow a naive exp(); subtract the maximum first, or use "
-                                  f"torch.softmax / log_softmax.", "nan")
+                                  f"{idx} where the expected value is {e[idx].item():.4g} {where}. {ex.nan_hint}", "nan")
     for g, e, path in _leaves(got, expected):
         if not _close(ex, g, e):
             diff = (g.double() - e.double()).abs().nan_to_num(float("inf"))
@@ -69,7 +68,7 @@ def judge(ex: Exercise, case: Case, outcome: Outcome, expected: Any) -> Verdict:
 
 
 def run_and_judge(ex: Exercise, fn, case: Case) -> Verdict:
-    expected = ex.reference(**case.kwargs)
+    expected = ex.reference(**copy.deepcopy(case.kwargs))  # inputs may hold generators or be mutated
     return judge(ex, case, run_case(fn, case.kwargs, ex.time_limit_s), expected)
 
 

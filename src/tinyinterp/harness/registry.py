@@ -45,6 +45,9 @@ class Exercise:
     atol: float = 1e-5
     rtol: float = 1e-4
     time_limit_s: float = 5.0
+    # shown when the learner's output has NaN/inf where the reference is finite
+    nan_hint: str = ("Large inputs overflow a naive exp(); subtract the maximum first, or use "
+                     "torch.softmax / log_softmax.")
 
     def __post_init__(self) -> None:
         for name in ("difficulty", "importance"):
