@@ -63,6 +63,7 @@ bench: setup
 	$(PY) benchmarks/harness.py
 	$(PY) benchmarks/notebooks.py
 	$(PY) benchmarks/grading.py
+	$(PY) benchmarks/sae.py
 
 clean:
 	rm -rf _build .venv _static/mathjax

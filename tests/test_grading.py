@@ -104,7 +104,7 @@ def graded(tmp_path_factory):
     (subs / "notjson_01.ipynb").write_text('{"cells": [ not json')
     p = subprocess.run([sys.executable, "-m", "tinyinterp.cli", "grade", str(subs), "--assignment", SLUG,
                         "--out", str(out), "--feedback", str(fb), "--workers", "2", "--quiet",
-                        "--cell-timeout", "8", "--memory-gb", "3", "--canvas", str(tmp / "canvas.csv"),
+                        "--cell-timeout", "20", "--memory-gb", "3", "--canvas", str(tmp / "canvas.csv"),
                         "--root", str(ROOT)], capture_output=True, text=True, timeout=900)
     stop.set()
     rows = {r["student"]: r for r in csv.DictReader(out.open())}
