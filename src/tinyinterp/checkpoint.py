@@ -13,13 +13,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
 from .config import TransformerConfig
 from .model import HookedTransformer
 
+T = TypeVar("T")
 _CODE_FILES = ("config.py", "model.py", "functional.py", "train.py", "data.py", "hooks.py")
 
 
@@ -34,11 +35,7 @@ def save_checkpoint(model: HookedTransformer, path: str | Path, extra: dict | No
 
 def load_checkpoint(path: str | Path) -> tuple[HookedTransformer, dict]:
     """Load with ``weights_only=True``: a checkpoint can hold tensors and plain data, never code."""
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
-    model = HookedTransformer(TransformerConfig.from_dict(ckpt["config"]))
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model, ckpt.get("extra", {})
+    return _model_from_checkpoint(torch.load(Path(path), map_location="cpu", weights_only=True))
 
 
 def code_version() -> str:
@@ -68,19 +65,47 @@ def cached_model(
     ``build()`` trains and returns ``(model, extra)``; ``extra`` (e.g. the loss history) is stored
     with it. A file lock makes concurrent callers (pytest-xdist workers) train only once.
     """
+
+    def to_checkpoint(model: HookedTransformer, extra: dict) -> dict:
+        return {"config": model.cfg.to_dict(), "state_dict": model.state_dict(), "extra": extra}
+
+    return cached_build(name, spec, build, to_checkpoint, _model_from_checkpoint)
+
+
+def _model_from_checkpoint(ckpt: dict) -> tuple[HookedTransformer, dict]:
+    model = HookedTransformer(TransformerConfig.from_dict(ckpt["config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt.get("extra", {})
+
+
+def cached_build(
+    name: str, spec: dict, build: Callable[[], tuple[T, dict]],
+    to_checkpoint: Callable[[T, dict], dict], from_checkpoint: Callable[[dict], tuple[T, dict]],
+) -> tuple[T, dict]:
+    """The disk cache behind :func:`cached_model`, for any trained object.
+
+    ``to_checkpoint(obj, extra)`` gives a dict of tensors and plain data (saved atomically);
+    ``from_checkpoint(dict)`` rebuilds ``(obj, extra)`` from it (loaded with ``weights_only=True``).
+    """
     path = cache_dir() / f"{cache_key(name, spec)}.pt"
+
+    def load() -> tuple[T, dict]:
+        return from_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
+
     if path.exists() and not os.access(path.parent, os.W_OK):  # a read-only cache (e.g. a grading sandbox)
-        return load_checkpoint(path)
+        return load()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock, _locked(lock):
         if path.exists():
             try:
-                return load_checkpoint(path)
+                return load()
             except Exception:  # a truncated or stale file: rebuild it
                 path.unlink(missing_ok=True)
-        model, extra = build()
-        save_checkpoint(model, path, extra)
-        return model, extra
+        obj, extra = build()
+        tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+        torch.save(to_checkpoint(obj, extra), tmp)
+        os.replace(tmp, path)
+        return obj, extra
 
 
 @contextlib.contextmanager

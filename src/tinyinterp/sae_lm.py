@@ -14,10 +14,7 @@ The pipeline of chapter 8:
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +24,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .checkpoint import cache_dir, cache_key
+from .checkpoint import cached_build
 from .data import corpus_dataset
 from .functional import cross_entropy_loss
 from .hooks import HookPoint
@@ -170,7 +167,7 @@ def lm_sae(topk: bool = False, progress: bool = True) -> tuple[SparseAutoencoder
     return cached_sae("sae-topk" if topk else "sae", spec, build)
 
 
-# ----- a disk cache for SAEs (tinyinterp.checkpoint.cached_model holds transformers only) ---------
+# ----- the disk cache for SAEs -----------------------------------------------------------------
 def _source_hash() -> str:
     here = Path(__file__).parent
     h = hashlib.sha256()
@@ -182,33 +179,19 @@ def _source_hash() -> str:
 def cached_sae(
     name: str, spec: dict, build: Callable[[], tuple[SparseAutoencoder, dict]]
 ) -> tuple[SparseAutoencoder, dict]:
-    """Return the SAE cached under ``(name, spec)``, building it on first use (file-locked, so
-    concurrent callers train once). Stored as plain tensors and data, loaded with ``weights_only``."""
-    path = cache_dir() / f"{cache_key(name, spec)}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock, _locked(lock):
-        if path.exists():
-            try:
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
-                sae = SparseAutoencoder(SAEConfig(**ckpt["config"]))
-                sae.load_state_dict(ckpt["state_dict"])
-                return sae.eval(), ckpt["extra"]
-            except Exception:  # a truncated or stale file: rebuild it
-                path.unlink(missing_ok=True)
-        sae, extra = build()
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"config": sae.cfg.to_dict(), "state_dict": sae.state_dict(), "extra": extra}, tmp)
-        os.replace(tmp, path)
-        return sae.eval(), extra
+    """Return the SAE cached under ``(name, spec)``, building it on first use (the same file-locked,
+    ``weights_only`` disk cache as the book's transformers)."""
 
+    def to_checkpoint(sae: SparseAutoencoder, extra: dict) -> dict:
+        return {"config": sae.cfg.to_dict(), "state_dict": sae.state_dict(), "extra": extra}
 
-@contextlib.contextmanager
-def _locked(f):
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(f, fcntl.LOCK_UN)
+    def from_checkpoint(ckpt: dict) -> tuple[SparseAutoencoder, dict]:
+        sae = SparseAutoencoder(SAEConfig(**ckpt["config"]))
+        sae.load_state_dict(ckpt["state_dict"])
+        return sae.eval(), ckpt["extra"]
+
+    sae, extra = cached_build(name, spec, build, to_checkpoint, from_checkpoint)
+    return sae.eval(), extra
 
 
 __all__ = [
