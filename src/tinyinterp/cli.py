@@ -84,21 +84,28 @@ def _grade_options(args, hidden: bool):
                         limits=Limits(memory_bytes=int(args.memory_gb * 2**30)), hidden=hidden)
 
 
-def cmd_grade(args) -> int:
+class UsageError(Exception):
+    """Misuse of a command: ``main`` prints it as one line and exits with status 2."""
+
+
+def _book_assignment(args, slug: str):
     from .grading import load_assignment
+
+    try:
+        root = _find_root(Path(args.root).resolve())
+        return root, load_assignment(root, slug)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_grade(args) -> int:
     from .grading.batch import BatchConfig, run_batch
     from .grading.sandbox import isolation_summary
 
     subs = Path(args.submissions)
     if not subs.is_dir():
-        print(f"tinyinterp grade: error: {subs} is not a folder of submissions", file=sys.stderr)
-        return 2
-    try:
-        root = _find_root(Path(args.root).resolve())
-        assignment = load_assignment(root, args.assignment)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"tinyinterp grade: error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(f"{subs} is not a folder of submissions")
+    root, assignment = _book_assignment(args, args.assignment)
     options = _grade_options(args, hidden=True)
     options.hide = [root / "solutions"]
     cfg = BatchConfig(subs, Path(args.out), Path(args.feedback), args.workers, args.resume,
@@ -117,20 +124,15 @@ def cmd_grade(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .grading import load_assignment
     from .grading.grader import grade_notebook
 
     path = Path(args.notebook)
     if not path.is_file():
-        print(f"tinyinterp check: error: no notebook at {path}", file=sys.stderr)
-        return 2
+        raise UsageError(f"no notebook at {path}")
     try:
-        root = _find_root(Path(args.root).resolve())
-        slug = args.assignment or path.stem
-        assignment = load_assignment(root, slug)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"tinyinterp check: error: {e} (name the chapter with --assignment)", file=sys.stderr)
-        return 2
+        _, assignment = _book_assignment(args, args.assignment or path.stem)
+    except UsageError as e:
+        raise UsageError(f"{e} (name the chapter with --assignment)") from None
     r = grade_notebook(path, "you", assignment, _grade_options(args, hidden=False), None)
     print(f"{'exercise':26} {'points':>9}  tests   result")
     for e in r.exercises:
@@ -207,7 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"tinyinterp {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
