@@ -64,6 +64,7 @@ bench: setup
 	$(PY) benchmarks/notebooks.py
 	$(PY) benchmarks/grading.py
 	$(PY) benchmarks/sae.py
+	$(PY) benchmarks/induction.py
 
 clean:
 	rm -rf _build .venv _static/mathjax

@@ -149,5 +149,9 @@ def _type_name(x: Any) -> str:
 def describe_inputs(kwargs: dict[str, Any]) -> str:
     parts = []
     for k, v in kwargs.items():
-        parts.append(f"{k}: {list(v.shape)}" if isinstance(v, Tensor) else f"{k}={v!r}")
+        if isinstance(v, Tensor):
+            parts.append(f"{k}: {list(v.shape)}")
+        else:
+            text = repr(v)
+            parts.append(f"{k}={text}" if len(text) <= 40 and "\n" not in text else f"{k}: a {type(v).__name__}")
     return ", ".join(parts)
