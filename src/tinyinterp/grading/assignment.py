@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..harness import Exercise, all_exercises
-from ..release import BEGIN, CHECK_RE, SETUP_MARK
+from ..release import BEGIN, CHECK_RE
 
 CHECK_CALL_RE = re.compile(r"""check\(\s*["']([A-Za-z0-9_]+)["']\s*,\s*([A-Za-z_][A-Za-z0-9_]*)""")
 HARNESS_CALL_RE = re.compile(r"tinyinterp\s*\.\s*(check|progress)\s*\(|^\s*(check|progress)\s*\(", re.M)
@@ -80,7 +80,3 @@ def strip_magics(src: str) -> str:
         else:
             out.append(line)
     return "\n".join(out)
-
-
-def is_setup_cell(src: str) -> bool:
-    return SETUP_MARK in src

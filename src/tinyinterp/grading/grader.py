@@ -18,7 +18,7 @@ import torch
 from ..harness.judge import judge
 from ..harness.runner import Outcome
 from .assignment import Assignment, cells_to_run
-from .protocol import ProtocolError, decode_stream, from_wire, reader
+from .protocol import decode_stream, from_wire, reader
 from .sandbox import Limits, SandboxSpec, kill_everything, make_workdir, preexec, remove_workdir, scrubbed_env
 
 
@@ -105,8 +105,7 @@ class _Run:
     # ----- running ------------------------------------------------------------------------
     def execute(self, deadline: float) -> None:
         for _attempt in range(len(self.cells) + len(self.cases) + 1):
-            done = set(self.skip_exercises) | {i for i, m in self.case_msgs.items() if len(m) == len(self.cases[i])}
-            if all(ex.id in done or ex.id in self.missing for ex in self.assignment.exercises):
+            if set(self.cases) <= self._finished() | set(self.skip_exercises):
                 return
             if time.perf_counter() >= deadline:
                 self.submission_timed_out = True
@@ -144,7 +143,7 @@ class _Run:
                                 env=scrubbed_env(workdir), preexec_fn=preexec(spec), close_fds=True)
         os.close(w)
         log.close()
-        state = {"phase": None, "since": time.perf_counter(), "done": False, "error": None}
+        state = {"phase": None, "since": time.perf_counter(), "done": False}
         t = threading.Thread(target=self._read, args=(r, state), daemon=True)
         t.start()
         culprit, reason = None, None
@@ -220,8 +219,8 @@ class _Run:
                     state["phase"] = None
                 elif ev == "done":
                     state["done"] = True
-        except (ProtocolError, Exception) as e:  # garbage on the pipe: treat as the child's crash
-            state["error"] = str(e)
+        except Exception as e:  # ProtocolError or any garbage on the pipe: the child crashed
+            self.notes.append(f"the messages from the notebook's process were unreadable: {str(e)[:200]}")
 
     # ----- judging (in this process) ------------------------------------------------------
     def judge_exercise(self, ex) -> ExerciseResult:

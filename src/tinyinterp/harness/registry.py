@@ -54,13 +54,13 @@ class Exercise:
             if not 1 <= getattr(self, name) <= 5:
                 raise ValueError(f"exercise {self.id}: {name} must be in 1..5")
         params = list(inspect.signature(self.reference).parameters)
-        declared = self.signature[self.signature.index("(") + 1 : self.signature.rindex(")")]
-        declared_names = [p.split("=")[0].strip() for p in declared.split(",") if p.strip()]
+        declared_names = self.parameters
         if declared_names != params[: len(declared_names)]:
             raise ValueError(f"exercise {self.id}: signature {self.signature} != reference {params}")
 
     @property
     def parameters(self) -> list[str]:
+        """The parameter names in ``signature``, in order."""
         sig = self.signature
         return [p.split("=")[0].strip() for p in sig[sig.index("(") + 1 : sig.rindex(")")].split(",") if p.strip()]
 
