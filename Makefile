@@ -14,16 +14,17 @@ JOBS ?= 2
 export TINYINTERP_CACHE ?= $(HOME)/.cache/tinyinterp
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: help setup book site test test-unit test-notebooks test-site browser-deps bench clean
+.PHONY: help setup book site test test-unit test-notebooks test-site browser-deps bench claims clean
 
 help:
 	@echo "make book   - set up .venv, execute every chapter, build the site into _build/html"
 	@echo "make test   - set up .venv, run unit tests, execute every notebook, build and browser-test the site"
 	@echo "make bench  - run benchmarks/ (JSON on stdout)"
+	@echo "make claims - retrain every model for 3 seed offsets x 1, 2 threads; check every claim (~25 min)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip "setuptools>=70.1"
 	$(PY) -m pip install --quiet "$(TORCH_PIN)" $(if $(TORCH_INDEX_URL),--index-url "$(TORCH_INDEX_URL)")
 	$(PY) -m pip install --quiet -e ".[book,dev]" "$(TORCH_PIN)"
 	touch $@
@@ -51,7 +52,8 @@ test-unit: setup
 	$(VENV)/bin/pytest -n $(JOBS) tests --ignore=tests/site -q
 
 test-notebooks: setup
-	TINYINTERP_STRICT=1 $(VENV)/bin/pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-cell-timeout=300 chapters solutions -q
+	TINYINTERP_STRICT=1 $(VENV)/bin/pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-current-env \
+	  --nbval-cell-timeout=300 --nbval-kernel-startup-timeout=300 chapters solutions -q
 
 test-site: site browser-deps
 	$(VENV)/bin/pytest tests/site -q
@@ -65,6 +67,9 @@ bench: setup
 	$(PY) benchmarks/grading.py
 	$(PY) benchmarks/sae.py
 	$(PY) benchmarks/induction.py
+
+claims: setup
+	$(PY) benchmarks/claims.py
 
 clean:
 	rm -rf _build .venv _static/mathjax

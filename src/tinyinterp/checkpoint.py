@@ -1,8 +1,8 @@
 """Save/load checkpoints, and a disk cache so a model is trained once and reused.
 
-A cached model's key hashes its model config, training config, data description and the
-source code of the files that define the model, its training and its data: change any of them
-and the model is retrained.
+A cached model's key hashes its model config, training config, data description, the seed
+offset (:mod:`tinyinterp.seeds`) and the source code of the files that define the model, its
+training and its data: change any of them and the model is retrained.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import torch
 
 from .config import TransformerConfig
 from .model import HookedTransformer
+from .seeds import seed_offset
 
 T = TypeVar("T")
-_CODE_FILES = ("config.py", "model.py", "functional.py", "train.py", "data.py", "hooks.py")
+_CODE_FILES = ("config.py", "model.py", "functional.py", "train.py", "data.py", "hooks.py", "seeds.py")
 
 
 def save_checkpoint(model: HookedTransformer, path: str | Path, extra: dict | None = None) -> None:
@@ -53,7 +54,10 @@ def cache_dir() -> Path:
 
 
 def cache_key(name: str, spec: dict) -> str:
-    blob = json.dumps({"name": name, "spec": spec, "code": code_version()}, sort_keys=True)
+    """``name-<hash>`` of the name, the spec, the code version and the seed offset
+    (``$TINYINTERP_SEED_OFFSET``, see :mod:`tinyinterp.seeds`): each offset trains its own models."""
+    blob = json.dumps({"name": name, "spec": spec, "code": code_version(), "seed_offset": seed_offset()},
+                      sort_keys=True)
     return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 

@@ -173,7 +173,7 @@ def copying_score(ov: Matrix) -> Float[Tensor, "..."]:
     (a copying head); near -1: it lowers it (anti-copying). Accepts a dense ``[..., n, n]`` tensor or
     a :class:`FactoredMatrix` (then only the ``[r, r]`` matrix ``BA`` is decomposed)."""
     eig = ov.eigenvalues() if isinstance(ov, FactoredMatrix) else torch.linalg.eigvals(ov)
-    return (eig.sum(-1).real / eig.abs().sum(-1).clamp_min(1e-12)).to(torch.float32)
+    return eig.sum(-1).real / eig.abs().sum(-1).clamp_min(1e-12)  # real: float32 for float32 weights
 
 
 def factored_copying_score(
@@ -308,13 +308,14 @@ def one_layer_attn_only_model(progress: bool = True) -> tuple[HookedTransformer,
     from .checkpoint import cached_model
     from .config import TransformerConfig
     from .data import CharTokenizer, corpus_dataset
+    from .seeds import with_training_seed
     from .train import TrainConfig, train
 
     data, tok = corpus_dataset(**ATTN_ONLY_1L_DATA)
     cfg = TransformerConfig(**{**ATTN_ONLY_1L_MODEL, "d_vocab": tok.vocab_size})
 
     def build():
-        model = HookedTransformer(cfg)
+        model = HookedTransformer(with_training_seed(cfg))  # seeds move with $TINYINTERP_SEED_OFFSET
         result = train(model, data, TrainConfig(**ATTN_ONLY_1L_TRAIN), progress=progress)
         return model, {"losses": result.losses, "seconds": result.seconds}
 

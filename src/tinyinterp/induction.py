@@ -35,6 +35,7 @@ from .config import TransformerConfig
 from .data import CharTokenizer, corpus_dataset
 from .hooks import full_hook_name
 from .model import HookedTransformer
+from .seeds import training_seed, with_training_seed
 
 BOS_ID = 0
 
@@ -198,6 +199,7 @@ def handcrafted_induction_model(
     logit_scale: float = 10.0,
     noise_std: float = 0.02,
     seed: int = 0,
+    bos_heads: Sequence[int] = (),
 ) -> HookedTransformer:
     """A 2-layer attention-only model whose weights implement induction exactly.
 
@@ -210,6 +212,7 @@ def handcrafted_induction_model(
     - Layer 1, heads ``induction_heads``: the query's *current* token matches keys whose
       *previous* token is the same (K-composition with layer 0); the OV circuit copies the
       attended token into the predicted-token subspace. A query with no match attends to BOS.
+    - Layer 1, heads ``bos_heads``: every query attends to BOS (a resting head); they write nothing.
 
     Every other head keeps random weights of standard deviation ``noise_std``. ``sharpness`` is an
     attention score (after the ``1/sqrt(d_head)`` scale); ``logit_scale`` the predicted token's logit.
@@ -229,7 +232,7 @@ def handcrafted_induction_model(
         model.W_pos[pos, POS + pos] = 1.0
         model.W_U[OUT + tok[1:], tok[1:]] = logit_scale  # (predicting BOS means: no idea, uniform)
         prev, ind = model.blocks[0].attn, model.blocks[1].attn
-        for attn, heads in ((prev, prev_heads), (ind, induction_heads)):
+        for attn, heads in ((prev, prev_heads), (ind, (*induction_heads, *bos_heads))):
             for h in heads:
                 for W in (attn.W_Q, attn.W_K, attn.W_V, attn.W_O, attn.b_Q, attn.b_K, attn.b_V):
                     W[h].zero_()
@@ -245,6 +248,9 @@ def handcrafted_induction_model(
             ind.W_K[h, POS, V] = 0.5  # the fallback when no earlier token matches
             ind.W_V[h, tok, tok] = 1.0  # read the attended token ...
             ind.W_O[h, tok, OUT + tok] = 1.0  # ... and predict it
+        for h in bos_heads:
+            ind.b_Q[h, V] = a  # every query scores sharpness on BOS (position 0), 0 elsewhere
+            ind.W_K[h, POS, V] = 1.0
     model.eval()
     return model
 
@@ -390,9 +396,9 @@ def train_induction_model(
     """
     rows = induction_training_data(data)  # made before the clock starts
     held_out_text = corpus_dataset(seq_len=data.seq_len, n_stories=400, seed=data.seed + 1)[0][:64]
-    model = HookedTransformer(model_cfg)
+    model = HookedTransformer(with_training_seed(model_cfg))  # seeds move with $TINYINTERP_SEED_OFFSET
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(training_seed(cfg.seed))
     logger = InductionLogger(model_cfg.d_vocab, held_out_text, every=log_every)
     train_loss, train_loss_first, windows = [], [], []
     model.train()

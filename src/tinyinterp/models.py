@@ -10,6 +10,7 @@ from .checkpoint import cached_model
 from .config import TransformerConfig
 from .data import CharTokenizer, corpus_dataset
 from .model import HookedTransformer
+from .seeds import with_training_seed
 from .train import TrainConfig, train
 
 PART1_MODEL = TransformerConfig(
@@ -25,7 +26,7 @@ def part1_model(progress: bool = True) -> tuple[HookedTransformer, CharTokenizer
     data, tok = corpus_dataset(**PART1_DATA)
 
     def build():
-        model = HookedTransformer(PART1_MODEL)
+        model = HookedTransformer(with_training_seed(PART1_MODEL))  # seeds move with $TINYINTERP_SEED_OFFSET
         result = train(model, data, PART1_TRAIN, progress=progress)
         return model, {"losses": result.losses, "seconds": result.seconds}
 

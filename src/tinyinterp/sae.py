@@ -35,6 +35,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .seeds import training_seed
+
 
 # ----- the maths ---------------------------------------------------------------------------------
 def sae_forward(
@@ -162,13 +164,14 @@ class SparseAutoencoder(nn.Module):
     """Parameters ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]``.
 
     Initialised as Bricken et al. and Gao et al. recommend: unit-norm random decoder rows, the
-    encoder their transpose ("tied" at the start only), zero biases.
+    encoder their transpose ("tied" at the start only), zero biases; drawn from
+    ``training_seed(cfg.seed)`` (:mod:`tinyinterp.seeds`).
     """
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(training_seed(cfg.seed))
         W_enc = torch.randn(cfg.d_in, cfg.d_sae, generator=gen)
         W_dec = normalize_decoder(W_enc.T)
         self.W_enc = nn.Parameter(W_dec.T.clone())
@@ -244,10 +247,12 @@ def train_sae(
     progress: bool = True,
 ) -> SAETrainResult:
     """Train ``sae`` on rows of ``activations``. ``b_dec`` starts at their mean; decoder rows are kept
-    at unit norm; dead latents are resampled as in Bricken et al. (2023)."""
+    at unit norm; dead latents are resampled as in Bricken et al. (2023). Batches and resampling draw
+    from ``training_seed(cfg.seed)`` (:mod:`tinyinterp.seeds`)."""
     if activations.ndim != 2 or activations.shape[1] != sae.cfg.d_in:
         raise ValueError(f"activations must be [n, d_in={sae.cfg.d_in}], got {tuple(activations.shape)}")
-    gen = torch.Generator().manual_seed(cfg.seed)
+    seed = training_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         sae.b_dec.copy_(activations.mean(0))
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
@@ -274,7 +279,7 @@ def train_sae(
             dead = dead_latents(steps_since_fired, cfg.dead_window)
             if dead.any():
                 pool = activations[torch.randint(0, len(activations), (16 * cfg.batch_size,), generator=gen)]
-                _resample_(sae, opt, pool, dead, seed=cfg.seed * 100_003 + step)
+                _resample_(sae, opt, pool, dead, seed=(seed * 100_003 + step) % 2**63)
                 steps_since_fired[dead] = 0
                 result.resampled.append((step + 1, int(dead.sum())))
     sae.eval()

@@ -29,6 +29,8 @@ from einops import einsum
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from .seeds import training_seed
+
 EPS = 1e-8  # guards divisions by a zero norm (a feature the model ignores has a zero column)
 
 
@@ -120,7 +122,7 @@ class ToyModel(nn.Module):
 
     ``feature_probability``: ``[n_instances]`` (or ``[n_instances, n_features]``);
     ``importance``: ``[n_features]`` (or ``[n_instances, n_features]``). ``W`` is initialised
-    Xavier-normal from ``seed``; the bias ``b_final`` starts at zero.
+    Xavier-normal from ``training_seed(seed)`` (:mod:`tinyinterp.seeds`); the bias ``b_final`` starts at zero.
     """
 
     def __init__(
@@ -135,7 +137,7 @@ class ToyModel(nn.Module):
         self.n_features, self.d_hidden, self.n_instances = n_features, d_hidden, n_instances
         self.register_buffer("feature_probability", prob.clone())
         self.register_buffer("importance", imp.expand(n_instances, n_features).clone())
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(training_seed(seed))
         std = math.sqrt(2.0 / (n_features + d_hidden))
         self.W = nn.Parameter(torch.randn(n_instances, d_hidden, n_features, generator=gen) * std)
         self.b_final = nn.Parameter(torch.zeros(n_instances, n_features))
@@ -181,13 +183,13 @@ def train_toy_model(
 ) -> ToyTrainResult:
     """Adam on the sum of the instances' losses (so each instance gets its own gradient), with the
     learning rate decayed linearly to 10% over the last half of training. Deterministic for a
-    fixed seed and torch build.
+    fixed seed and torch build; batches are drawn from ``training_seed(seed)`` (:mod:`tinyinterp.seeds`).
 
     It runs on one thread: every tensor here is tiny, so splitting the work across threads only
     adds synchronisation, which becomes ruinous (over 10x slower) when other programs keep the
     machine's cores busy.
     """
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(training_seed(seed))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 1.0 if s < steps // 2 else 1.0 - 0.9 * (s - steps // 2) / max(1, steps - steps // 2))

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from .functional import cross_entropy_loss, top_k_logits
 from .model import HookedTransformer
+from .seeds import training_seed
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,13 @@ def train(
 
     ``callback(step, model, loss)``, if given, runs after every step (for logging metrics).
     Returns the loss history. Deterministic for a fixed seed on a fixed torch build and thread count.
+    The batches are drawn with ``training_seed(cfg.seed)`` (see :mod:`tinyinterp.seeds`).
     """
     import time
 
     if data.ndim != 2 or data.shape[1] > model.cfg.n_ctx:
         raise ValueError(f"data must be [n, seq] with seq <= n_ctx={model.cfg.n_ctx}, got {tuple(data.shape)}")
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(training_seed(cfg.seed))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * max(0.1, 1 - s / cfg.steps)
