@@ -1,5 +1,5 @@
-"""The harness: every reference passes, every catalogued mistake is rejected and named, and bad
-learner code (stubs, exceptions, NaN, mutation, sleeping, wrong types) is reported, never crashed on."""
+"""The harness: every reference passes, and bad learner code (stubs, exceptions, NaN, mutation,
+sleeping, wrong types) is reported, never crashed on."""
 
 import os
 import time
@@ -32,19 +32,8 @@ def test_reference_passes_public_and_hidden_cases(ex_id):
         assert run_and_judge(ex, ex.reference, case).ok
 
 
-@pytest.mark.parametrize("ex_id,i", [(e, i) for e, ex in EXERCISES.items() for i in range(len(ex.mistakes))])
-def test_every_catalogued_mistake_is_rejected_and_named(ex_id, i):
-    ex = EXERCISES[ex_id]
-    mistake = ex.mistakes[i]
-    r = check(ex_id, mistake.fn)
-    assert not r.passed and r.points == 0
-    assert r.kind == "mistake" and mistake.message in r.message, r.message
-
-
-@pytest.mark.parametrize("ex_id", list(EXERCISES))
-def test_mistake_messages_are_not_copy_pasted(ex_id):
-    messages = [m.message for ex in EXERCISES.values() for m in ex.mistakes]
-    assert len(messages) == len(set(messages))
+# Catalogued mistakes (rejected, named, and never mistaken for one another): tests/test_mistakes.py.
+# Float64 expected outputs, well-conditioned cases, torch's built-ins: tests/test_numerics.py.
 
 
 def _stub(*args, **kwargs):

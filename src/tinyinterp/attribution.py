@@ -212,9 +212,9 @@ def ablation_effects(
         raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
     metric = metric or cross_entropy_loss
     means = mean_z(model, tokens) if mode == "mean" else None
-    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     with torch.no_grad():
         clean = metric(model(tokens), tokens)
+        out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.as_tensor(clean).dtype)
         for layer in range(model.cfg.n_layers):
             for head in range(model.cfg.n_heads):
                 hook = head_ablation_hook(head, None if means is None else means[layer])

@@ -126,17 +126,43 @@ def _qk_cases(gen, hidden):
               ("large-magnitude q and k (naive softmax overflows)", 2, 7, 2, 4, 60.0)]
     if hidden:
         shapes += [("hidden: one head", 3, 11, 1, 5, 1.0), ("hidden: d_head 1", 2, 9, 4, 1, 2.0)]
-    return [Case(n, {"q": randn(gen, b, p, h, d, scale=s), "k": randn(gen, b, p, h, d, scale=s)})
-            for n, b, p, h, d, s in shapes]
+    cases = []
+    for n, b, p, h, d, s in shapes:
+        if s > 10:
+            q, k = _separated_qk(gen, b, p, h, d, s)
+        else:
+            q, k = randn(gen, b, p, h, d, scale=s), randn(gen, b, p, h, d, scale=s)
+        cases.append(Case(n, {"q": q, "k": k}))
+    return cases
 
 
 def _scores(q, k, scale):
     return einsum(q, k, "b q h d, b k h d -> b h q k") / scale
 
 
+def _separated_qk(gen, b, p, h, d, scale, margin=20.0, tries=100):
+    """Large q and k (scores in the thousands, so a naive exp() overflows) whose every attention row
+    is well-conditioned: its largest score beats the next by at least ``margin``. Float32 stores such
+    scores only to ~1e-3, and a row whose top two scores are that close is decided by rounding; with
+    the margin, a 1e-3 change in any score moves the pattern by less than 1e-3 * exp(-20) ~ 2e-12."""
+    for _ in range(tries):
+        q, k = randn(gen, b, p, h, d, scale=scale), randn(gen, b, p, h, d, scale=scale)
+        if p < 2:
+            return q, k
+        top2 = F.apply_causal_mask(_scores(q.double(), k.double(), math.sqrt(d))).topk(2, dim=-1).values
+        if (top2[..., 0] - top2[..., 1]).min() >= margin:
+            return q, k
+    raise RuntimeError(f"no well-separated scores in {tries} draws")
+
+
 def _masked_softmax(scores, diagonal=1, fill=float("-inf"), dim=-1):
     n = scores.shape[-1]
     return scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(diagonal), fill).softmax(dim)
+
+
+def _mask_after_softmax(q, k, fill=0.0):
+    probs = _scores(q, k, math.sqrt(q.shape[-1])).softmax(-1)
+    return F.apply_causal_mask(probs, fill=fill)
 
 
 def _naive_pattern(q, k):
@@ -174,6 +200,15 @@ register(Exercise(
                 lambda q, k: F.attention_pattern(q, k).transpose(-1, -2)),
         Mistake("exp() of large scores overflows to inf (and inf/inf = NaN): subtract each row's max before "
                 "exp, or use torch.softmax.", _naive_pattern),
+        Mistake("You masked after the softmax, so each row's weights no longer sum to 1 (the future keys took "
+                "their share before being zeroed). Mask the scores with -inf first, then take the softmax.",
+                _mask_after_softmax),
+        Mistake("You filled the future keys with -inf *after* the softmax: the pattern holds probabilities. "
+                "Fill the *scores* with -inf before the softmax, which turns them into weights of exactly 0.",
+                lambda q, k: _mask_after_softmax(q, k, fill=float("-inf"))),
+        Mistake("q and k are swapped: scores[b, h, i, j] = q[b, i, h] · k[b, j, h] pairs query position i "
+                "with key position j, i.e. einsum 'b q h d, b k h d -> b h q k' with q first.",
+                lambda q, k: F.attention_pattern(k, q)),
     ],
 ))
 
@@ -183,8 +218,10 @@ def _av_cases(gen, hidden):
               ("sequence length 1", 2, 1, 2, 3, 5), ("long sequence", 1, 80, 2, 8, 16)]
     if hidden:
         shapes += [("hidden: one head", 2, 7, 1, 4, 4)]
+    # W_O at the usual init scale 1/sqrt(n_heads * d_head), so outputs are O(1). With W_O ~ N(0, 1) an output
+    # (a sum of n_heads * d_head products) has a float32 rounding error of up to 0.1 of atol.
     return [Case(n, {"pattern": rand_causal_pattern(gen, b, h, p), "v": randn(gen, b, p, h, d),
-                     "W_O": randn(gen, h, d, m)}) for n, b, p, h, d, m in shapes]
+                     "W_O": randn(gen, h, d, m, scale=(h * d) ** -0.5)}) for n, b, p, h, d, m in shapes]
 
 
 register(Exercise(
@@ -227,6 +264,10 @@ def _attn_no_qkv_bias(x, W_Q, b_Q, W_K, b_K, W_V, b_V, W_O, b_O):
     return F.causal_attention(x, W_Q, z, W_K, z, W_V, z, W_O, b_O)
 
 
+def _attn_bO_per_head(x, W_Q, b_Q, W_K, b_K, W_V, b_V, W_O, b_O):
+    return F.causal_attention(x, W_Q, b_Q, W_K, b_K, W_V, b_V, W_O, b_O) + (W_O.shape[0] - 1) * b_O
+
+
 def _attn_kq_swapped(x, W_Q, b_Q, W_K, b_K, W_V, b_V, W_O, b_O):
     return F.causal_attention(x, W_K, b_K, W_Q, b_Q, W_V, b_V, W_O, b_O)
 
@@ -237,6 +278,8 @@ register(Exercise(
     reference=F.causal_attention, cases=_attn_layer_cases, points=3, difficulty=3, importance=4, minutes=15,
     mistakes=[
         Mistake("You forgot the output bias b_O (added once, after summing the heads).", _attn_no_bO),
+        Mistake("You added b_O once per head (n_heads times): the heads' outputs z_h @ W_O[h] are summed first, "
+                "and b_O is added once to that sum.", _attn_bO_per_head),
         Mistake("You forgot the biases b_Q, b_K, b_V of the query, key and value projections.", _attn_no_qkv_bias),
         Mistake("Queries and keys are swapped: queries come from W_Q and attend to keys from W_K.",
                 _attn_kq_swapped),
@@ -252,7 +295,10 @@ def _ln_cases(gen, hidden):
     cases = [case("batch 2, pos 5, d_model 8", randn(gen, 2, 5, 8), 8),
              case("batch 1, pos 1", randn(gen, 1, 1, 16), 16),
              case("large values", randn(gen, 2, 3, 32, scale=1e3) + 5e3, 32),
-             case("nearly constant rows (eps matters)", 3.0 + randn(gen, 2, 4, 8, scale=1e-3), 8)]
+             # spread 1e-3 (variance 1e-6 < eps) around 0. Around a large mean such as 3.0 the case would be
+             # ill-conditioned: float32 stores 3.0 + x only to +-1.2e-7, which LayerNorm divides by
+             # sqrt(var + eps) = 3.3e-3, an error of ~4e-5 in the output, close to atol (1e-4)
+             case("nearly constant rows (eps matters)", randn(gen, 2, 4, 8, scale=1e-3), 8)]
     if hidden:
         cases.append(case("hidden: d_model 1 (every row constant)", randn(gen, 3, 4, 1), 1))
     return cases

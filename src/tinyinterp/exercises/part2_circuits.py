@@ -322,13 +322,17 @@ def _circuit_weights(gen, hidden, ov: bool):
               ("d_head 1", 2, 9, 8, 1), ("large vocabulary", 2, 60, 16, 4)]
     if hidden:
         shapes += [("hidden: d_head = d_model", 2, 5, 4, 4)]
+    # Weights at the usual init scale (1/sqrt(fan_in)), so entries of the full circuits are O(1). With
+    # every weight ~ N(0, 1) the entries are sums of products of size ~d_model, and the float32 rounding
+    # error of a correct answer (a few ulps of those products) came within a few times of atol.
     cases = []
     for n, h, v, m, d in shapes:
         kw = {"W_E": randn(gen, v, m)}
         if ov:
-            kw.update(W_V=randn(gen, h, m, d), W_O=randn(gen, h, d, m), W_U=randn(gen, m, v))
+            kw.update(W_V=randn(gen, h, m, d, scale=m**-0.5), W_O=randn(gen, h, d, m, scale=d**-0.5),
+                      W_U=randn(gen, m, v, scale=m**-0.5))
         else:
-            kw.update(W_Q=randn(gen, h, m, d), W_K=randn(gen, h, m, d))
+            kw.update(W_Q=randn(gen, h, m, d, scale=m**-0.5), W_K=randn(gen, h, m, d, scale=m**-0.5))
         cases.append(Case(n, kw))
     return cases
 

@@ -54,8 +54,10 @@ def _random_model(gen: torch.Generator, **cfg) -> _Model:
     return _shown(model)
 
 
-def _handcrafted(gen: torch.Generator, d_vocab: int, n_ctx: int, n_heads: int, prev: tuple, ind: tuple) -> _Model:
-    return _shown(I.handcrafted_induction_model(d_vocab, n_ctx, n_heads, prev, ind, noise_std=0.1, seed=_seed(gen)))
+def _handcrafted(gen: torch.Generator, d_vocab: int, n_ctx: int, n_heads: int, prev: tuple, ind: tuple,
+                 bos: tuple = ()) -> _Model:
+    return _shown(I.handcrafted_induction_model(d_vocab, n_ctx, n_heads, prev, ind, noise_std=0.1, seed=_seed(gen),
+                                                bos_heads=bos))
 
 
 # ----- generate_repeated_tokens -------------------------------------------------------------------------
@@ -166,6 +168,10 @@ register(Exercise(
         Mistake("The second copy starts at position seq_len + 1 (after BOS and the first copy): your queries "
                 "start one position early.",
                 lambda pattern, seq_len: _offset_score(pattern, seq_len, seq_len - 1, seq_len + 1)),
+        Mistake("You kept the first seq_len entries of the diagonal at offset -(seq_len - 1); they belong to "
+                "queries seq_len - 1 .. 2*seq_len - 1, mostly in the first copy. Keep the *last* seq_len entries "
+                "([..., -seq_len:]), the queries of the second copy.",
+                lambda pattern, seq_len: pattern.diagonal(-(seq_len - 1), -2, -1)[..., :seq_len].mean((0, -1))),
     ],
 ))
 
@@ -205,6 +211,12 @@ def _second_copy_loss(logits, tokens, start):
     return per_position_loss(logits, tokens)[:, start(seq_len) : 2 * seq_len].mean()
 
 
+def _unshifted_second_copy_loss(logits, tokens):
+    seq_len = (tokens.shape[1] - 1) // 2
+    log_probs = logits.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return -log_probs[:, seq_len + 1 : 2 * seq_len].mean()
+
+
 register(Exercise(
     id="loss_with_head_ablated", chapter=CH6, title="Ablating a head on repeated tokens",
     signature="loss_with_head_ablated(model, tokens, layer, head)", reference=I.loss_with_head_ablated,
@@ -226,6 +238,10 @@ register(Exercise(
                 "predictions made at positions seq_len+1 .. 2*seq_len-1.",
                 lambda model, tokens, layer, head: _second_copy_loss(
                     _ablated_logits(model, tokens, [(layer, head)]), tokens, lambda s: s)),
+        Mistake("You scored the logits at position t against token t itself; they predict the *next* token. "
+                "Shift: logits[:, :-1].log_softmax(-1) gathered at tokens[:, 1:].",
+                lambda model, tokens, layer, head: _unshifted_second_copy_loss(
+                    _ablated_logits(model, tokens, [(layer, head)]), tokens)),
     ],
 ))
 
@@ -272,6 +288,17 @@ register(Exercise(
 
 # ----- find_induction_heads -------------------------------------------------------------------------------
 def _find_cases(gen, hidden):
+    # First, a case on which every catalogued mistake gives its own wrong answer, so the first failing
+    # case names it by itself. Every head has a job (no random head near the low threshold): two
+    # previous-token heads, an induction head, and a resting head that attends to BOS. With seq_len + 1
+    # instead of seq_len the induction score reads the duplicate-token diagonal plus query seq_len, which
+    # attends to BOS in the induction head (no earlier match) and in the resting head, scoring both
+    # ~1/(seq_len + 1) = 0.2, clear of the 0.1 threshold; their duplicate-token scores are ~0.
+    seq_len = 4
+    model = _handcrafted(gen, seq_len + 3, 2 * seq_len + 1, 2, (0, 1), (0,), bos=(1,))
+    tokens = I.generate_repeated_tokens(2, seq_len, seq_len + 3, _seed(gen) % 10_000)
+    cases = [Case("a resting head (attends to BOS) and a low threshold (0.1)",
+                  {"model": model, "tokens": tokens, "threshold": 0.1})]
     specs = [("prev-token head 0, induction head 0, 2 heads", 2, (0,), (0,), 8, 4),
              ("batch 1, 3 heads", 3, (0,), (2,), 10, 1),
              ("two induction heads", 3, (2,), (0, 1), 8, 3),
@@ -279,7 +306,6 @@ def _find_cases(gen, hidden):
              ("long: seq_len 20, 4 heads", 4, (3,), (1,), 20, 2)]
     if hidden:
         specs += [("hidden: 1 head per layer", 1, (0,), (0,), 6, 3)]
-    cases = []
     for n, heads, prev, ind, s, b in specs:
         d_vocab = s + 3
         model = _handcrafted(gen, d_vocab, 2 * s + 1, heads, prev, ind)
@@ -313,5 +339,8 @@ register(Exercise(
                 _find_with(I.duplicate_token_score)),
         Mistake("Rows are layers and columns are heads: the result is [n_layers, n_heads]; you returned its transpose.",
                 lambda model, tokens, threshold: I.find_induction_heads(model, tokens, threshold).T),
+        Mistake("Your seq_len is one too large: tokens is [BOS] + r + r, [batch, 2 * seq_len + 1], so "
+                "seq_len = (tokens.shape[1] - 1) // 2, not (tokens.shape[1] + 1) // 2.",
+                _find_with(lambda pattern, seq_len: I.induction_score(pattern, seq_len + 1))),
     ],
 ))

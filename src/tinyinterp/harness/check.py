@@ -8,8 +8,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .judge import Verdict, run_and_judge
+from .judge import Verdict, judge_runs
 from .registry import Exercise, all_exercises, get_exercise
+from .runner import run_case
 
 STRICT_ENV = "TINYINTERP_STRICT"  # "1": a failed check raises (used by CI on solution notebooks)
 
@@ -80,12 +81,13 @@ def _check(ex: Exercise, candidate: Any) -> CheckResult:
     if problem:
         return fail(problem, "signature")
     cases = ex.public_cases()
-    verdicts: list[Verdict] = []
+    runs = []
     for case in cases:
-        v = run_and_judge(ex, candidate, case)
-        verdicts.append(v)
-        if v.kind in ("not_implemented", "timeout"):
+        outcome = run_case(candidate, case.kwargs, ex.time_limit_s)
+        runs.append((case, outcome))
+        if outcome.timed_out or isinstance(outcome.error, NotImplementedError):
             break  # no point running the rest
+    verdicts: list[Verdict] = judge_runs(ex, runs)  # each with the other runs as evidence to name a mistake
     n_ok = sum(v.ok for v in verdicts)
     first_bad = next((v for v in verdicts if not v.ok), None)
     if first_bad is None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .registry import Case, Exercise
+from .registry import Case, Exercise, Mistake
 from .runner import Outcome, run_case
 
 
@@ -20,8 +20,13 @@ class Verdict:
     kind: str = "ok"  # ok | not_implemented | exception | timeout | type | shape | dtype | nan | mutated | mistake | values
 
 
-def judge(ex: Exercise, case: Case, outcome: Outcome, expected: Any) -> Verdict:
-    """Decide whether ``outcome`` is right for ``case``; ``expected`` is the reference output."""
+Run = tuple[Case, Outcome]  # one case and what the candidate did on it
+
+
+def judge(ex: Exercise, case: Case, outcome: Outcome, expected: Any, others: Sequence[Run] = ()) -> Verdict:
+    """Decide whether ``outcome`` is right for ``case``; ``expected`` is the right answer
+    (:meth:`Exercise.expected`). ``others``: the same candidate's runs on the exercise's other
+    cases, used only to tell apart catalogued mistakes that all fit this case (see :func:`name_mistake`)."""
     where = f"on the test case '{case.name}' ({describe_inputs(case.kwargs)})"
     if outcome.timed_out:
         return Verdict(False, f"Time limit exceeded: your function ran for more than {ex.time_limit_s:g} s "
@@ -44,13 +49,9 @@ def judge(ex: Exercise, case: Case, outcome: Outcome, expected: Any) -> Verdict:
                               f"(e.g. use `x = x + 1`, not `x += 1`, and avoid `masked_fill_`).", "mutated")
     if _close(ex, got, expected):
         return Verdict(True)
-    for m in ex.mistakes:  # a known mistake? name it
-        try:
-            wrong = m.fn(**copy.deepcopy(case.kwargs))
-        except Exception:
-            continue
-        if not _close(ex, wrong, expected) and _close(ex, got, wrong):
-            return Verdict(False, f"{m.message} (detected {where})", "mistake")
+    mistake = name_mistake(ex, case, got, expected, others)
+    if mistake is not None:
+        return Verdict(False, f"{mistake.message} (detected {where})", "mistake")
     for g, e, path in _leaves(got, expected):
         bad = ~torch.isfinite(g) & torch.isfinite(e)
         if bad.any():
@@ -67,9 +68,58 @@ def judge(ex: Exercise, case: Case, outcome: Outcome, expected: Any) -> Verdict:
     return Verdict(False, f"Output differs from the expected one {where}.", "values")
 
 
+def judge_runs(ex: Exercise, runs: Sequence[Run]) -> list[Verdict]:
+    """A verdict for each run, each judged with the others as evidence for naming a mistake."""
+    return [judge(ex, case, outcome, ex.expected(case.kwargs), [r for r in runs if r[0] is not case])
+            for case, outcome in runs]
+
+
 def run_and_judge(ex: Exercise, fn, case: Case) -> Verdict:
-    expected = ex.reference(**copy.deepcopy(case.kwargs))  # inputs may hold generators or be mutated
-    return judge(ex, case, run_case(fn, case.kwargs, ex.time_limit_s), expected)
+    """Run ``fn`` on one case and judge it on its own (no other cases to tell mistakes apart)."""
+    return judge(ex, case, run_case(fn, case.kwargs, ex.time_limit_s), ex.expected(case.kwargs))
+
+
+# ----- naming a catalogued mistake -----------------------------------------------------------------
+def name_mistake(ex: Exercise, case: Case, got: Any, expected: Any,
+                 others: Sequence[Run] = ()) -> Mistake | None:
+    """The catalogued mistake that explains ``got`` on ``case``, or None when none does or when it is
+    ambiguous.
+
+    A mistake *fits* a case when its output there is wrong and ``got`` matches it. When several
+    fit, each must also reproduce what the candidate returned on every other case it returned
+    something for (``others``), and a name is given only when exactly one survives. A candidate
+    that makes mistake ``m`` agrees with ``m`` everywhere, so ``m`` always survives and no other
+    mistake can be named: nobody is told about a catalogued mistake they did not make. When the
+    cases cannot tell the suspects apart, the report stays generic.
+    """
+    suspects = [m for m in ex.mistakes if _fits(ex, m, case, got, expected)]
+    for other_case, outcome in others:
+        if len(suspects) <= 1:
+            break
+        if outcome.timed_out or outcome.error is not None:
+            continue  # no evidence either way
+        suspects = [m for m in suspects if _agrees(ex, m, other_case, outcome.output)]
+    return suspects[0] if len(suspects) == 1 else None
+
+
+_FAILED = object()
+
+
+def _mistake_output(m: Mistake, case: Case) -> Any:
+    try:
+        return m.fn(**copy.deepcopy(case.kwargs))
+    except Exception:
+        return _FAILED
+
+
+def _fits(ex: Exercise, m: Mistake, case: Case, got: Any, expected: Any) -> bool:
+    wrong = _mistake_output(m, case)
+    return wrong is not _FAILED and not _close(ex, wrong, expected) and _close(ex, got, wrong)
+
+
+def _agrees(ex: Exercise, m: Mistake, case: Case, got: Any) -> bool:
+    wrong = _mistake_output(m, case)
+    return wrong is not _FAILED and _close(ex, got, wrong)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,7 +175,7 @@ def _close(ex: Exercise, got: Any, expected: Any) -> bool:
         if g.dtype == torch.bool or not g.is_floating_point():
             return bool(torch.equal(g, expected))
         return bool(torch.allclose(g, expected, atol=ex.atol, rtol=ex.rtol, equal_nan=True))
-    if isinstance(got, bool) or not isinstance(got, (int, float)):
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in (got, expected)):
         return False
     return abs(float(got) - float(expected)) <= ex.atol + ex.rtol * abs(float(expected))
 

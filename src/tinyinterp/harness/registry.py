@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 import torch
 
+from .precision import expected_output
+
 # Every public module of this package defines exercises; importing it registers them.
 EXERCISE_PACKAGE = "tinyinterp.exercises"
 
@@ -63,6 +65,12 @@ class Exercise:
         """The parameter names in ``signature``, in order."""
         sig = self.signature
         return [p.split("=")[0].strip() for p in sig[sig.index("(") + 1 : sig.rindex(")")].split(",") if p.strip()]
+
+    def expected(self, kwargs: dict[str, Any]) -> Any:
+        """The right answer for these inputs: the reference evaluated on float64 copies of the
+        floating-point inputs, rounded once to the dtype the float32 computation gives
+        (:func:`~tinyinterp.harness.precision.expected_output`). The one place that computes it."""
+        return expected_output(self.reference, kwargs)
 
     def public_cases(self) -> list[Case]:
         return self.cases(torch.Generator().manual_seed(0), False)
