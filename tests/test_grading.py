@@ -251,3 +251,100 @@ def test_grade_cli_misuse(args):
                        [sys.executable, "-m", "tinyinterp.cli", *args], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 2, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+# ----- failures on the grader's side: status `error`, blaming no one, non-zero exit ------------------
+GARBLE = "import os, sys\nos.write(int(sys.argv[2]), (2**40).to_bytes(8, 'little') + b'garbage')\n"
+FORGE = ("import io, os, struct, sys, torch\nbuf = io.BytesIO()\ntorch.save({'event': 'full_marks'}, buf)\n"
+         "os.write(int(sys.argv[2]), struct.pack('<Q', len(buf.getvalue())) + buf.getvalue())\n")
+BLAME = ("ended the process", "sys.exit", "Your function", "your function raised")
+
+
+def assert_blames_no_one(text):
+    assert "Grader error, not your work" in text and "tell your instructor" in text, text
+    assert not any(b in text for b in BLAME), text
+
+
+def test_garbled_or_forged_messages_are_a_grader_error_and_resume_regrades_them(tmp_path):
+    subs, out, fb = tmp_path / "subs", tmp_path / "gb.csv", tmp_path / "fb"
+    subs.mkdir()
+    (subs / "correct_01.ipynb").write_text(json.dumps(SOLUTION))
+    (subs / "garble_01.ipynb").write_text(json.dumps(add_cell(SOLUTION, GARBLE)))
+    (subs / "forge_01.ipynb").write_text(json.dumps(add_cell(SOLUTION, FORGE)))
+    cmd = [sys.executable, "-m", "tinyinterp.cli", "grade", str(subs), "--assignment", SLUG, "--out", str(out),
+           "--feedback", str(fb), "--quiet", "--workers", "2", "--root", str(ROOT)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 3, p.stderr[-2000:]
+    assert "2 submission(s) could not be graded" in p.stderr and "--resume" in p.stderr
+    rows = {r["student"]: r for r in csv.DictReader(out.open())}
+    assert rows["correct"]["status"] == "graded" and rows["correct"]["total"] == "5"
+    for name in ("garble", "forge"):
+        assert rows[name]["status"] == "error", rows[name]
+        assert_blames_no_one((fb / f"{name}.md").read_text())
+    state = Path(str(out) + ".state")
+    before = {f.name: (f.stat().st_mtime_ns, json.loads(f.read_text())["status"]) for f in state.glob("*.json")}
+    p = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 3
+    after = {f.name: f.stat().st_mtime_ns for f in state.glob("*.json")}
+    assert after.keys() == before.keys()
+    for name, (mtime, status) in before.items():
+        assert (after[name] != mtime) == (status == "error"), (name, status)  # only `error` is graded again
+
+
+def test_inputs_the_child_cannot_load_are_a_grader_error(tmp_path, monkeypatch):
+    import datetime
+
+    import torch
+
+    from tinyinterp.grading import grader, load_assignment
+
+    nb = tmp_path / "s.ipynb"
+    nb.write_text(json.dumps(SOLUTION))
+    monkeypatch.setattr(grader, "save", lambda encoded, path: torch.save({"day": datetime.date(2024, 1, 1)}, path))
+    r = grader.grade_notebook(nb, "s", load_assignment(SLUG), grader.GradeOptions(hidden=False), None)
+    assert r.status == "error" and r.total == 0
+    assert all(e.kind == "error" for e in r.exercises)
+    for e in r.exercises:
+        assert_blames_no_one(e.message)
+    assert "test inputs could not be loaded" in r.exercises[0].message
+
+
+def test_inputs_that_cannot_be_encoded_are_a_grader_error(tmp_path):
+    import torch
+
+    from tinyinterp.grading import Assignment, grader
+    from tinyinterp.harness import Case, Exercise
+
+    ex = Exercise(id="odd_input", chapter="99_demo", title="demo", signature="f(x, gen)",
+                  reference=lambda x, gen: x, cases=lambda g, hidden: [Case("odd", {"x": torch.ones(2),
+                                                                                   "gen": torch.Generator()})])
+    nb = tmp_path / "s.ipynb"
+    nb.write_text(json.dumps({"cells": [{"cell_type": "code", "source": "def f(x, gen):\n    return x\n"}]}))
+    r = grader.grade_notebook(nb, "s", Assignment("99_demo", [ex], {"odd_input": "f"}), grader.GradeOptions(), None)
+    assert r.status == "error" and r.exercises[0].kind == "error"
+    assert_blames_no_one(r.exercises[0].message)
+    assert "Generator" in r.exercises[0].message and "cannot be sent" in r.exercises[0].message
+
+
+@pytest.mark.parametrize("how", ["garbled message", "child dies before any learner code"])
+def test_self_check_exits_3_on_a_grader_error(tmp_path, how):
+    nb = tmp_path / f"{SLUG}.ipynb"
+    nb.write_text(json.dumps(add_cell(SOLUTION, GARBLE) if how == "garbled message" else SOLUTION))
+    extra = ["--memory-gb", "0.05"] if how == "child dies before any learner code" else []
+    p = subprocess.run([sys.executable, "-m", "tinyinterp.cli", "check", str(nb), *extra],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 3, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "status: error" in p.stdout
+    assert_blames_no_one(p.stdout)
+
+
+@pytest.mark.skipif(not can_isolate(), reason="sandbox uids need root (CI runs as root)")
+def test_concurrent_grading_runs_never_share_a_sandbox_uid():
+    """Each child's processes are killed by uid, so two runs at once (two courses, two xdist workers)
+    must hold different uids."""
+    from tinyinterp.grading.sandbox import private_uids
+
+    with private_uids(2) as a, private_uids(3) as b:
+        assert len(set(a) | set(b)) == 5
+    with private_uids(2) as c:
+        assert c == a  # released at the end of the block

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tinyinterp.grading.assignment import data_path_in
 from tinyinterp.release import (BEGIN, END, ReleaseError, colab_url, plan_release, release, release_notebook,
                                 repository_url, setup_cell_source, stub_source)
 
@@ -36,9 +37,9 @@ def _solution_nb(path="solutions/09_demo.ipynb", repo=REPO):
     ])
 
 
-def test_stub_keeps_indentation_and_hints():
+def test_stub_keeps_indentation_and_nothing_of_the_solution():
     src = f"def f(x):\n    {BEGIN}\n    # Hint: think\n    return x\n    {END}\n\nprint(1)"
-    assert stub_source(src, "w") == "def f(x):\n    # YOUR CODE HERE\n    # Hint: think\n    raise NotImplementedError()\n\nprint(1)"
+    assert stub_source(src, "w") == "def f(x):\n    # YOUR CODE HERE\n    raise NotImplementedError()\n\nprint(1)"
     with pytest.raises(ReleaseError, match="without"):
         stub_source(f"{BEGIN}\nx = 1", "w")
     with pytest.raises(ReleaseError, match="without"):
@@ -100,7 +101,9 @@ def test_repository_exercises_match_solutions():
     plan = plan_release(ROOT)
     assert plan.outputs, "no solution notebooks found"
     assert not plan.stale and not plan.orphans, "run `tinyinterp release`"
-    assert {p.name for p in plan.outputs} == {p.name for p in (ROOT / "solutions").glob("*.ipynb")}
+    notebooks = {p.name for p in plan.outputs if p.parent == ROOT / "exercises"}
+    assert notebooks == {p.name for p in (ROOT / "solutions").glob("*.ipynb")}
+    assert data_path_in(ROOT) in plan.outputs
 
 
 def test_every_chapter_has_its_three_notebooks_and_is_in_the_toc():
@@ -129,3 +132,38 @@ def test_exercise_headers_match_the_registry():
         assert "🔵" * ex.importance + "⚪" * (5 - ex.importance) in header, ex.id
         assert f"~{ex.minutes} minutes" in header and f"{ex.points} point" in header, ex.id
         assert "<details>" in "".join(srcs[:i]), f"{ex.id}: no collapsible hint"
+
+
+def test_release_writes_the_grading_data_and_check_notices_it_stale(tmp_path):
+    root = _make_book(tmp_path)
+    release(root)
+    data = data_path_in(root)
+    entry = json.loads(data.read_text())["assignments"]["09_demo"]
+    assert entry["exercises"] == [{"id": "mlp", "function": "f"}]
+    exercise = json.loads((root / "exercises" / "09_demo.ipynb").read_text())
+    assert exercise["metadata"]["tinyinterp"] == {"chapter": "09_demo"}
+    cli = [sys.executable, "-m", "tinyinterp.cli", "release", "--check", "--root", str(root)]
+    assert subprocess.run(cli, capture_output=True).returncode == 0
+    nb = json.loads((root / "solutions" / "09_demo.ipynb").read_text())  # a new narrative cell after the exercise
+    nb["cells"].append(_code("print(f(1))", "c9"))
+    (root / "solutions" / "09_demo.ipynb").write_text(json.dumps(nb))
+    p = subprocess.run(cli, capture_output=True, text=True)
+    assert p.returncode == 1 and "assignments.json" in p.stderr
+
+
+def test_grading_data_holds_hashes_never_solution_code():
+    from tinyinterp.grading.assignment import source_hash
+
+    text = data_path_in(ROOT).read_text()
+    for sol in (ROOT / "solutions").glob("*.ipynb"):
+        for cell in json.loads(sol.read_text())["cells"]:
+            src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            if BEGIN in src:
+                body = src[src.index(BEGIN) + len(BEGIN): src.index(END)]
+                assert not any(len(line.strip()) > 12 and line.strip() in text for line in body.splitlines())
+                assert source_hash(src) not in text  # solution cells are never skipped
+
+
+def test_released_notebooks_name_their_chapter():
+    for ex in (ROOT / "exercises").glob("*.ipynb"):
+        assert json.loads(ex.read_text())["metadata"]["tinyinterp"] == {"chapter": ex.stem}

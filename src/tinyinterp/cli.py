@@ -1,4 +1,5 @@
-"""The ``tinyinterp`` command line. Misuse prints one line and exits with status 2."""
+"""The ``tinyinterp`` command line. Misuse prints one line and exits with status 2; a grading failure
+on the grader's side (status ``error``) exits with :data:`EXIT_GRADER_ERROR`."""
 
 from __future__ import annotations
 
@@ -6,6 +7,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+
+EXIT_GRADER_ERROR = 3
+GRADE_EXIT_CODES = ("exit status: 0 every submission was graded (whatever its score); 2 misuse; "
+                    f"{EXIT_GRADER_ERROR} at least one submission has status `error` (the grader failed, not the "
+                    "student: see its feedback, fix the cause, rerun with --resume); 130 interrupted.")
+CHECK_EXIT_CODES = ("exit status: 0 full marks; 1 some tests fail; 2 misuse (no such file, or the chapter "
+                    f"cannot be told: use --assignment); {EXIT_GRADER_ERROR} grader error (status `error`: "
+                    "not your work; tell your instructor).")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,11 +65,11 @@ def cmd_release(args) -> int:
     if args.check:
         if changed:
             names = ", ".join(str(p.relative_to(root)) for p in changed)
-            print(f"exercises/ is stale: {names}. Run `tinyinterp release`.", file=sys.stderr)
+            print(f"exercises/ or the grading data is stale: {names}. Run `tinyinterp release`.", file=sys.stderr)
             return 1
-        print(f"exercises/ is up to date ({len(plan.outputs)} notebooks).")
+        print(f"exercises/ and the grading data are up to date ({len(plan.outputs)} files).")
         return 0
-    print(f"wrote {len(plan.stale)} of {len(plan.outputs)} exercise notebooks"
+    print(f"wrote {len(plan.stale)} of {len(plan.outputs)} files (exercise notebooks and grading data)"
           + (f", removed {len(plan.orphans)} orphans" if plan.orphans else "") + ".")
     return 0
 
@@ -88,14 +98,47 @@ class UsageError(Exception):
     """Misuse of a command: ``main`` prints it as one line and exits with status 2."""
 
 
-def _book_assignment(args, slug: str):
+def _assignment(slug: str):
+    """The assignment from the grading data installed with the package."""
     from .grading import load_assignment
 
     try:
-        root = _find_root(Path(args.root).resolve())
-        return root, load_assignment(root, slug)
+        return load_assignment(slug)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
+
+
+def _optional_root(args) -> Path | None:
+    """The book root (``--root``, else searched upwards from here), or None outside a book."""
+    try:
+        return _find_root(Path(args.root or ".").resolve())
+    except FileNotFoundError as e:
+        if args.root:
+            raise UsageError(str(e)) from None
+        return None
+
+
+def _stale_data_note(root: Path) -> str | None:
+    """A note when the book's solutions/ no longer match the installed package's grading data."""
+    from .grading.assignment import book_data, installed_data
+
+    try:
+        here = json.loads(book_data(root))["assignments"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if here == installed_data():
+        return None
+    return (f"note: {root / 'solutions'} differs from the grading data installed with tinyinterp; grading uses the "
+            f"installed data (run `tinyinterp release`, and reinstall unless it is an editable install)")
+
+
+def _grader_error_summary(results) -> str | None:
+    bad = sorted(r.student for r in results if r.status == "error")
+    if not bad:
+        return None
+    return (f"{len(bad)} submission(s) could not be graded (status `error`: the grader failed, not the students): "
+            f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}. See their feedback, fix the cause, and rerun "
+            f"with --resume (only these are graded again).")
 
 
 def cmd_grade(args) -> int:
@@ -105,9 +148,13 @@ def cmd_grade(args) -> int:
     subs = Path(args.submissions)
     if not subs.is_dir():
         raise UsageError(f"{subs} is not a folder of submissions")
-    root, assignment = _book_assignment(args, args.assignment)
+    assignment = _assignment(args.assignment)
+    root = _optional_root(args)
     options = _grade_options(args, hidden=True)
-    options.hide = [root / "solutions"]
+    options.hide = [root / "solutions"] if root else []
+    note = _stale_data_note(root) if root else None
+    if note:
+        print(note, file=sys.stderr)
     cfg = BatchConfig(subs, Path(args.out), Path(args.feedback), args.workers, args.resume,
                       Path(args.canvas) if args.canvas else None, args.feedback_format, args.id_pattern,
                       options, progress=not args.quiet)
@@ -120,7 +167,33 @@ def cmd_grade(args) -> int:
     for line in notes:
         print(line)
     print(f"gradebook: {cfg.out}  feedback: {cfg.feedback}/" + (f"  canvas: {cfg.canvas}" if cfg.canvas else ""))
+    errors = _grader_error_summary(results)
+    if errors:
+        print(errors, file=sys.stderr)
+        return EXIT_GRADER_ERROR
     return 0
+
+
+def _chapter(path: Path, override: str | None) -> str:
+    """``--assignment``, else the notebook's metadata, else its file name (Colab/browser decorations
+    such as "Copy of" and " (1)" allowed)."""
+    from .grading.assignment import chapter_of, known_chapters
+
+    if override:
+        return override
+    try:
+        known = known_chapters()
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        nb = {}  # the name may still tell; grading then reports the notebook as unreadable
+    slug = chapter_of(path, nb, known)
+    if slug is None:
+        raise UsageError(f"cannot tell which chapter {path.name} is (no tinyinterp metadata, no chapter in its "
+                         f"name); name it with --assignment, one of: {', '.join(known)}")
+    return slug
 
 
 def cmd_check(args) -> int:
@@ -129,11 +202,12 @@ def cmd_check(args) -> int:
     path = Path(args.notebook)
     if not path.is_file():
         raise UsageError(f"no notebook at {path}")
-    try:
-        _, assignment = _book_assignment(args, args.assignment or path.stem)
-    except UsageError as e:
-        raise UsageError(f"{e} (name the chapter with --assignment)") from None
-    r = grade_notebook(path, "you", assignment, _grade_options(args, hidden=False), None)
+    assignment = _assignment(_chapter(path, args.assignment))
+    options = _grade_options(args, hidden=False)
+    root = _optional_root(args)
+    options.hide = [root / "solutions"] if root else []
+    r = grade_notebook(path, "you", assignment, options, None)
+    print(f"{assignment.slug}: {path.name}")
     print(f"{'exercise':26} {'points':>9}  tests   result")
     for e in r.exercises:
         print(f"{e.id:26} {e.points:>4g}/{e.max_points:<4g}  {e.cases_passed:>2}/{e.cases_total:<3}  "
@@ -142,6 +216,11 @@ def cmd_check(args) -> int:
     for e in r.exercises:
         if e.kind != "ok":
             print(f"\n{e.id}: {e.message}")
+    notes = [n for n in r.notes if n not in {e.message for e in r.exercises}]
+    if notes:
+        print("\nnotes:\n" + "\n".join(f"- {n}" for n in notes))
+    if r.status == "error":
+        return EXIT_GRADER_ERROR
     return 0 if r.total == r.max_total else 1
 
 
@@ -152,7 +231,9 @@ def _add_limits(p) -> None:
                    help="wall-clock limit per submission, seconds (default 300)")
     p.add_argument("--memory-gb", type=_positive(float), default=4.0, metavar="GB",
                    help="address-space limit of the learner's process (default 4)")
-    p.add_argument("--root", default=".", help="the book's root folder (default: search upwards from here)")
+    p.add_argument("--root", default=None,
+                   help="the book's root folder, whose solutions/ is hidden from learner code (default: search "
+                        "upwards from here; none is needed: grading data ships with the package)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,10 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="self-grade a saved notebook from a terminal",
                        description="Re-run a saved exercise notebook in a fresh process and print the points table "
-                                   "(public tests only: the same tests as the check cells). Exit 0 when everything "
-                                   "passes, 1 otherwise.")
+                                   "(public tests only: the same tests as the check cells). Works on a lone notebook "
+                                   "in any folder with only the installed package. The chapter comes from the "
+                                   "notebook's metadata (written by `tinyinterp release`), else from its file name "
+                                   "('Copy of 02_attention (1).ipynb' is fine), else from --assignment.",
+                       epilog=CHECK_EXIT_CODES)
     c.add_argument("notebook", help="the .ipynb file, e.g. one downloaded from Colab")
-    c.add_argument("--assignment", help="the chapter slug (default: the notebook's file name)")
+    c.add_argument("--assignment", help="the chapter slug, e.g. 02_attention (default: from the notebook's metadata "
+                                        "or file name)")
     _add_limits(c)
     c.set_defaults(func=cmd_check)
 
@@ -190,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Grade every .ipynb in SUBMISSIONS_DIR in a sandbox, with public and hidden tests "
                                    "and partial credit. Writes a gradebook CSV (student, one column per exercise, "
                                    "total, max_total, status), per-student feedback, and optionally a Canvas CSV. "
-                                   "The student id is taken from the file name with --id-pattern.")
+                                   "The student id is taken from the file name with --id-pattern.",
+                       epilog=GRADE_EXIT_CODES)
     g.add_argument("submissions", metavar="SUBMISSIONS_DIR")
     g.add_argument("--assignment", required=True, help="the chapter slug, e.g. 01_tokens_and_embeddings")
     g.add_argument("--out", default="gradebook.csv", help="gradebook CSV path (default gradebook.csv)")
@@ -198,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--feedback-format", choices=["md", "html"], default="md")
     g.add_argument("--canvas", metavar="CSV", help="also write a Canvas-importable gradebook here")
     g.add_argument("--workers", type=_positive(int), default=1, help="submissions graded at once (default 1)")
-    g.add_argument("--resume", action="store_true", help="keep results saved by an interrupted run")
+    g.add_argument("--resume", action="store_true",
+                   help="keep results saved by an interrupted run (those with status `error` are graded again)")
     g.add_argument("--id-pattern", default=r"^(?P<student>[^_.]+)",
                    help="regex with a (?P<student>...) group, searched in the file name (default: up to the first _)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -1,12 +1,19 @@
 """Generate exercises/ from solutions/ (the source of truth), and check that it is up to date.
 
 In a solution notebook:
-- code between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` becomes a stub: ``# YOUR CODE HERE``,
-  any ``# Hint: ...`` lines of the solution, and ``raise NotImplementedError()``;
+- code between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` becomes a stub, only the neutral
+  ``# YOUR CODE HERE`` and ``raise NotImplementedError()`` at the region's indentation: nothing of the
+  solution, comments included, reaches the learner (hints live in the collapsible ``<details>``
+  blocks of the markdown cell before the exercise);
 - a cell that calls ``tinyinterp.check("<id>", ...)`` becomes a locked nbgrader grade cell
   worth that exercise's points;
 - the "Open in Colab" link is pointed at the exercise notebook; outputs and execution counts are
-  dropped.
+  dropped; the notebook's metadata names its chapter (``metadata["tinyinterp"]["chapter"]``), which
+  ``tinyinterp check`` reads whatever the file is renamed to.
+
+``release`` also writes the grading data that ships in the package
+(:data:`tinyinterp.grading.assignment.DATA_FILE`), and checks that every test input of every exercise
+can be sent to the grading sandbox.
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ from pathlib import Path
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 CHECK_RE = re.compile(r"""check\(\s*["']([A-Za-z0-9_]+)["']""")
-HINT_RE = re.compile(r"^\s*# Hint:")
 SETUP_MARK = "# Setup: installs tinyinterp"
 
 
@@ -47,7 +53,7 @@ def setup_cell_source(repo_url: str) -> str:
 
 
 def stub_source(source: str, where: str) -> str:
-    """Replace each BEGIN/END SOLUTION region by a stub, keeping its indentation."""
+    """Replace each BEGIN/END SOLUTION region by the neutral stub, keeping its indentation."""
     out: list[str] = []
     lines = source.split("\n")
     i = 0
@@ -55,17 +61,14 @@ def stub_source(source: str, where: str) -> str:
         line = lines[i]
         if line.strip() == BEGIN:
             indent = line[: len(line) - len(line.lstrip())]
-            hints = []
             i += 1
             while i < len(lines) and lines[i].strip() != END:
                 if lines[i].strip() == BEGIN:
                     raise ReleaseError(f"{where}: nested {BEGIN}")
-                if HINT_RE.match(lines[i]):
-                    hints.append(indent + lines[i].strip())
                 i += 1
             if i == len(lines):
                 raise ReleaseError(f"{where}: {BEGIN} without {END}")
-            out += [indent + "# YOUR CODE HERE", *hints, indent + "raise NotImplementedError()"]
+            out += [indent + "# YOUR CODE HERE", indent + "raise NotImplementedError()"]
         elif line.strip() == END:
             raise ReleaseError(f"{where}: {END} without {BEGIN}")
         else:
@@ -115,6 +118,7 @@ def release_notebook(nb: dict, rel_path: str, repo_url: str, points: dict[str, i
         cell["metadata"] = meta
     if n_solutions == 0:
         raise ReleaseError(f"{rel_path}: no {BEGIN} region; is it an exercise notebook?")
+    nb.setdefault("metadata", {})["tinyinterp"] = {"chapter": Path(rel_path).stem}
     return nb
 
 
@@ -149,6 +153,7 @@ class ReleasePlan:
 
 
 def plan_release(root: Path) -> ReleasePlan:
+    from .grading.assignment import data_path_in
     from .harness import all_exercises
 
     repo_url = repository_url(root)
@@ -168,9 +173,29 @@ def plan_release(root: Path) -> ReleasePlan:
         if any(c.get("outputs") for c in cells if c["cell_type"] == "code"):
             raise ReleaseError(f"{nb_path.relative_to(root)} is stored with outputs; clear them "
                                f"(jupyter nbconvert --clear-output --inplace {nb_path.relative_to(root)})")
+    outputs[data_path_in(root)] = _grading_data(root)
     stale = [p for p, text in outputs.items() if not p.exists() or p.read_text() != text]
     orphans = [p for p in sorted((root / "exercises").glob("*.ipynb")) if p not in outputs]
     return ReleasePlan(outputs, stale, orphans)
+
+
+def _grading_data(root: Path) -> str:
+    """The package's grading data for this book; every test input must reach the sandbox intact."""
+    from .grading.assignment import book_data
+    from .grading.inputs import InputEncodingError, check_encodable
+    from .harness import all_exercises
+
+    try:
+        text = book_data(root)
+    except ValueError as e:
+        raise ReleaseError(str(e)) from None
+    registry = all_exercises()
+    used = [registry[e["id"]] for a in json.loads(text)["assignments"].values() for e in a["exercises"]]
+    try:
+        check_encodable(used)
+    except InputEncodingError as e:
+        raise ReleaseError(f"grading could not send a test input to the sandbox: {e}") from None
+    return text
 
 
 def release(root: Path, check_only: bool = False) -> ReleasePlan:
@@ -178,6 +203,7 @@ def release(root: Path, check_only: bool = False) -> ReleasePlan:
     if not check_only:
         (root / "exercises").mkdir(exist_ok=True)
         for p in plan.stale:
+            p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(plan.outputs[p])
         for p in plan.orphans:
             p.unlink()

@@ -15,10 +15,10 @@ from tqdm.auto import tqdm
 from .assignment import Assignment
 from .grader import GradeOptions, SubmissionResult, grade_notebook
 from .report import atomic_write, canvas_csv, feedback_html, feedback_markdown, gradebook_csv, summary
-from .sandbox import BASE_UID, can_isolate
+from .sandbox import private_uids
 
 DEFAULT_ID_PATTERN = r"^(?P<student>[^_.]+)"  # Canvas bulk downloads name files "<student>_<ids>_<name>"
-GRADER_VERSION = "1"
+GRADER_VERSION = "2"  # bump when saved results must not be resumed
 
 
 @dataclass
@@ -72,14 +72,18 @@ def run_batch(cfg: BatchConfig, assignment: Assignment) -> tuple[list[Submission
         f = sdir / f"{key}.json"
         if cfg.resume and f.exists():
             try:
-                results.append(SubmissionResult.from_json(f.read_text()))
-                continue
+                saved = SubmissionResult.from_json(f.read_text())
             except Exception:  # a damaged state file: regrade
-                f.unlink()
+                saved = None
+            if saved is not None and saved.status != "error":  # a grader failure is graded again
+                results.append(saved)
+                continue
+            f.unlink()
         todo.append((sid, p, f))
     slots: queue.Queue = queue.Queue()
-    for i in range(max(1, cfg.workers)):
-        slots.put(BASE_UID + i if can_isolate() else None)
+    uid_claim = private_uids(max(1, cfg.workers))  # uids no other grading run on this machine uses
+    for uid in uid_claim.__enter__():
+        slots.put(uid)
 
     def work(sid: str, p: Path, f: Path) -> SubmissionResult:
         uid = slots.get()
@@ -105,10 +109,12 @@ def run_batch(cfg: BatchConfig, assignment: Assignment) -> tuple[list[Submission
     finally:
         bar.close()
         pool.shutdown(wait=True, cancel_futures=True)
+        uid_claim.__exit__(None, None, None)
     for r in results:  # resumed results get their feedback rewritten too (cheap, keeps folders complete)
         _write_feedback(cfg, r, assignment.slug)
     _write_gradebooks(cfg, assignment, results)
-    problems += [f"{r.student}: {r.notes[0]}" for r in results if r.status == "unreadable"]
+    problems += [f"{r.student}: {next((n for n in r.notes if n.startswith('Grader error')), r.notes[0])}"
+                 for r in results if r.status in ("unreadable", "error") and r.notes]
     return results, problems + [summary(results, [], time.perf_counter() - start)]
 
 

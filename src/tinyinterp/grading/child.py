@@ -15,6 +15,7 @@ import traceback
 def main(job_dir: str, fd: int) -> None:
     import torch  # noqa: F401  (before learner code, so the learner cannot shadow it first)
 
+    from tinyinterp.grading import inputs as test_inputs
     from tinyinterp.grading.protocol import encode, to_wire
     from tinyinterp.harness.runner import run_case
 
@@ -25,9 +26,14 @@ def main(job_dir: str, fd: int) -> None:
         if os.getpid() != main_pid:  # a process the learner forked: it must not speak for us
             os._exit(0)
         out.write(encode(msg))
-    job = json.loads(open(os.path.join(job_dir, "job.json")).read())
-    inputs = torch.load(os.path.join(job_dir, "inputs.pt"), weights_only=True)
-    os.unlink(os.path.join(job_dir, "inputs.pt"))
+    try:  # the grader's side: no learner code has run yet, so a failure here is never the learner's
+        job = json.loads(open(os.path.join(job_dir, "job.json")).read())
+        inputs = test_inputs.load(os.path.join(job_dir, "inputs.pt"))
+        os.unlink(os.path.join(job_dir, "inputs.pt"))
+    except Exception as e:  # noqa: BLE001
+        send(event="grader_error", message=f"the test inputs could not be loaded ({type(e).__name__}: {e})"[:600])
+        out.flush()
+        return
     namespace: dict = {"__name__": "__main__"}
     skip_cells = set(job["skip_cells"])
     for index, source in job["cells"]:

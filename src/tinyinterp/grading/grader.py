@@ -3,7 +3,6 @@ hangs the child), then judge every output here, with hidden tests and partial cr
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -13,12 +12,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from ..harness.judge import judge
 from ..harness.runner import Outcome
 from .assignment import Assignment, cells_to_run
-from .protocol import decode_stream, from_wire, reader
+from .inputs import InputEncodingError, encode_cases, save
+from .protocol import ProtocolError, decode_stream, from_wire, reader
 from .sandbox import Limits, SandboxSpec, kill_everything, make_workdir, preexec, remove_workdir, scrubbed_env
 
 
@@ -46,7 +44,7 @@ class ExerciseResult:
 class SubmissionResult:
     student: str
     file: str
-    status: str  # graded | timeout | crashed | memory | unreadable
+    status: str  # graded | timeout | crashed | memory | unreadable | error (the grader's fault)
     total: float
     max_total: float
     exercises: list[ExerciseResult]
@@ -63,9 +61,16 @@ class SubmissionResult:
         return cls(**d)
 
 
-def unreadable(student: str, file: str, why: str, assignment: Assignment) -> SubmissionResult:
-    exs = [ExerciseResult(e.id, 0.0, float(e.points), 0, 0, why, "unreadable") for e in assignment.exercises]
-    return SubmissionResult(student, file, "unreadable", 0.0, assignment.max_points, exs, 0.0, [why])
+def unreadable(student: str, file: str, why: str, assignment: Assignment, status: str = "unreadable",
+               seconds: float = 0.0) -> SubmissionResult:
+    exs = [ExerciseResult(e.id, 0.0, float(e.points), 0, 0, why, status) for e in assignment.exercises]
+    return SubmissionResult(student, file, status, 0.0, assignment.max_points, exs, seconds, [why])
+
+
+def grader_error_message(detail: str) -> str:
+    """Status ``error``: the grader failed, so the message blames no one and asks for a human."""
+    return (f"Grader error, not your work: {detail}. This exercise could not be graded; tell your instructor "
+            f"(the gradebook marks this submission `error`).")
 
 
 def grade_notebook(path: Path, student: str, assignment: Assignment, options: GradeOptions,
@@ -79,7 +84,13 @@ def grade_notebook(path: Path, student: str, assignment: Assignment, options: Gr
         return unreadable(student, path.name, f"unreadable notebook: {str(e)[:200]}", assignment)
     cells = cells_to_run(assignment, nb)
     cases = {ex.id: (ex.public_cases() + (ex.hidden_cases() if options.hidden else [])) for ex in assignment.exercises}
-    run = _Run(assignment, cells, cases, options, uid)
+    try:
+        encoded = encode_cases(cases)
+    except InputEncodingError as e:
+        return unreadable(student, path.name, grader_error_message(f"a test input cannot be sent to the notebook's "
+                                                                   f"process ({e})"), assignment, "error",
+                          round(time.perf_counter() - start, 2))
+    run = _Run(assignment, cells, cases, encoded, options, uid)
     run.execute(deadline=start + options.submission_timeout_s)
     results = [run.judge_exercise(ex) for ex in assignment.exercises]
     total = round(sum(r.points for r in results), 2)
@@ -91,8 +102,10 @@ def grade_notebook(path: Path, student: str, assignment: Assignment, options: Gr
 class _Run:
     """One submission's child runs: restarts skip whatever killed or hung the previous child."""
 
-    def __init__(self, assignment, cells, cases, options: GradeOptions, uid):
+    def __init__(self, assignment, cells, cases, encoded_inputs, options: GradeOptions, uid):
         self.assignment, self.cells, self.cases, self.options, self.uid = assignment, cells, cases, options, uid
+        self.encoded_inputs = encoded_inputs
+        self.grader_errors: list[str] = []  # failures on the grader's side: status `error`
         self.skip_cells: set[int] = set()
         self.skip_exercises: dict[str, str] = {}  # id -> kind (timeout/crashed/memory)
         self.case_msgs: dict[str, dict[int, dict]] = {ex.id: {} for ex in assignment.exercises}
@@ -105,7 +118,7 @@ class _Run:
     # ----- running ------------------------------------------------------------------------
     def execute(self, deadline: float) -> None:
         for _attempt in range(len(self.cells) + len(self.cases) + 1):
-            if set(self.cases) <= self._finished() | set(self.skip_exercises):
+            if set(self.cases) <= self._finished() | set(self.skip_exercises) or self.grader_errors:
                 return
             if time.perf_counter() >= deadline:
                 self.submission_timed_out = True
@@ -123,7 +136,7 @@ class _Run:
                    "exercises": {ex.id: {"function": self.assignment.function_names[ex.id],
                                          "time_limit_s": ex.time_limit_s} for ex in self.assignment.exercises}}
             (workdir / "job.json").write_text(json.dumps(job))
-            torch.save({i: [c.kwargs for c in cs] for i, cs in self.cases.items()}, workdir / "inputs.pt")
+            save(self.encoded_inputs, workdir / "inputs.pt")
             if self.uid is not None:
                 for f in workdir.iterdir():
                     os.chown(f, self.uid, self.uid)
@@ -143,11 +156,12 @@ class _Run:
                                 env=scrubbed_env(workdir), preexec_fn=preexec(spec), close_fds=True)
         os.close(w)
         log.close()
-        state = {"phase": None, "since": time.perf_counter(), "done": False}
+        state = {"phase": None, "since": time.perf_counter(), "done": False, "learner_ran": False}
+        n_errors = len(self.grader_errors)
         t = threading.Thread(target=self._read, args=(r, state), daemon=True)
         t.start()
         culprit, reason = None, None
-        while proc.poll() is None:
+        while proc.poll() is None and len(self.grader_errors) == n_errors:
             time.sleep(0.05)
             now = time.perf_counter()
             phase = state["phase"]
@@ -164,14 +178,19 @@ class _Run:
         proc.wait()
         t.join(timeout=5)
         os.close(r)
-        if state["done"] and culprit is None:
+        if len(self.grader_errors) > n_errors or (state["done"] and culprit is None):
             return None
         if culprit is None:  # the child died
             culprit = state["phase"]
             reason = "memory" if proc.returncode in (-9,) and self._near_memory(workdir) else "crashed"
-            if culprit is None:
-                self.notes.append(f"the grading process could not start the notebook (exit {proc.returncode}): "
-                                  f"{_tail(workdir / 'output.log')}")
+            if culprit is None and not state["learner_ran"]:
+                last = (_tail(workdir / "output.log", 2000).strip().splitlines() or ["no output"])[-1]
+                self._grader_error(f"the grading process ended before running any of the notebook (exit "
+                                   f"{proc.returncode}; its last output: {last[:300]})")
+                return None
+            if culprit is None:  # between cells: e.g. a thread the notebook started ended the process
+                self.notes.append(f"the notebook's process ended between cells (exit {proc.returncode})")
+                self._status_flags.add("crashed")
                 return None
         self._skip(culprit, reason)
         return culprit if not self.submission_timed_out else None
@@ -198,11 +217,20 @@ class _Run:
             self.skip_exercises[key] = reason
             self._status_flags.add(reason)
 
+    def _grader_error(self, detail: str) -> None:
+        self.grader_errors.append(detail)
+        self.notes.append(grader_error_message(detail))
+
     def _read(self, fd: int, state: dict) -> None:
         read = reader(fd)
         try:
             while (msg := decode_stream(read)) is not None:
                 ev = msg["event"]
+                if ev == "grader_error":
+                    self._grader_error(str(msg.get("message", "the notebook's process reported a failure"))[:600])
+                    return
+                if ev in ("cell_start", "exercise_start"):
+                    state["learner_ran"] = True
                 if ev == "cell_start":
                     state["phase"], state["since"] = ("cell", int(msg["index"])), time.perf_counter()
                 elif ev == "cell_end":
@@ -210,17 +238,28 @@ class _Run:
                         self.cell_errors[int(msg["index"])] = str(msg["error"])
                     state["phase"] = None
                 elif ev == "exercise_start":
-                    state["phase"], state["since"] = ("exercise", str(msg["id"])), time.perf_counter()
-                elif ev == "case" and msg.get("id") in self.case_msgs:
-                    self.case_msgs[msg["id"]][int(msg["case"])] = msg
+                    state["phase"], state["since"] = ("exercise", self._known_id(msg)), time.perf_counter()
+                elif ev == "case":
+                    k = int(msg["case"])
+                    if not 0 <= k < len(self.cases[self._known_id(msg)]):
+                        raise ProtocolError(f"case {k} of {msg['id']!r} does not exist")
+                    self.case_msgs[msg["id"]][k] = msg
                 elif ev == "missing":
-                    self.missing.add(str(msg["id"]))
+                    self.missing.add(self._known_id(msg))
                 elif ev == "exercise_end":
                     state["phase"] = None
                 elif ev == "done":
                     state["done"] = True
-        except Exception as e:  # ProtocolError or any garbage on the pipe: the child crashed
-            self.notes.append(f"the messages from the notebook's process were unreadable: {str(e)[:200]}")
+                else:
+                    raise ProtocolError(f"unknown event {ev!r}")
+        except Exception as e:  # noqa: BLE001 - ProtocolError, or any garbage on the pipe
+            self._grader_error(f"a message from the notebook's process was unreadable ({type(e).__name__}: "
+                               f"{str(e)[:200]})")
+
+    def _known_id(self, msg: dict) -> str:
+        if msg.get("id") not in self.case_msgs:
+            raise ProtocolError(f"unknown exercise id {msg.get('id')!r}")
+        return msg["id"]
 
     # ----- judging (in this process) ------------------------------------------------------
     def judge_exercise(self, ex) -> ExerciseResult:
@@ -231,9 +270,13 @@ class _Run:
                                   f"No function named `{fn_name}` was defined when your notebook ran"
                                   + self._cell_error_note(), "missing")
         msgs = self.case_msgs[ex.id]
+        runs = {k: (case, _outcome(msgs[k])) for k, case in enumerate(cases) if k in msgs}
         verdicts = []
         for k, case in enumerate(cases):
             m = msgs.get(k)
+            if m is None and self.grader_errors and ex.id not in self.skip_exercises:
+                verdicts.append((False, grader_error_message(self.grader_errors[0]), "error"))
+                continue
             if m is None:
                 reason = self.skip_exercises.get(ex.id, "crashed")
                 text = {"timeout": f"Time limit exceeded while testing `{fn_name}` on '{case.name}'.",
@@ -242,10 +285,11 @@ class _Run:
                                    f"(e.g. sys.exit/os._exit or a crash)."}[reason]
                 verdicts.append((False, text, reason))
                 continue
-            outcome = _outcome(m)
+            outcome = runs[k][1]
             if m.get("error_type") == "MemoryError" or "can't allocate memory" in str(m.get("traceback", "")):
                 self._status_flags.add("memory")
-            v = judge(ex, case, outcome, ex.reference(**copy.deepcopy(case.kwargs)))
+            others = [run for j, run in runs.items() if j != k]  # evidence to tell catalogued mistakes apart
+            v = judge(ex, case, outcome, ex.expected(case.kwargs), others)
             verdicts.append((v.ok, v.message, v.kind))
         n_ok = sum(ok for ok, _, _ in verdicts)
         points = round(ex.points * n_ok / len(cases), 2) if cases else 0.0
@@ -260,6 +304,8 @@ class _Run:
         return f"; a cell failed first (cell {i}: {err})."
 
     def status(self) -> str:
+        if self.grader_errors:
+            return "error"
         if self.submission_timed_out or "timeout" in self._status_flags:
             return "timeout"
         if "memory" in self._status_flags or any("MemoryError" in e for e in self.cell_errors.values()):

@@ -36,18 +36,19 @@ def canvas_csv(results: list[SubmissionResult], assignment_title: str) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["Student", "ID", "SIS User ID", "SIS Login ID", "Section", assignment_title])
     w.writerow(["    Points Possible", "", "", "", "", f"{results[0].max_total:g}" if results else "0"])
-    for r in sorted(results, key=lambda r: r.student):
-        w.writerow(["", "", r.student, "", "", f"{r.total:g}"])
+    for r in sorted(results, key=lambda r: r.student):  # no grade for a grader failure: nothing to import
+        w.writerow(["", "", r.student, "", "", "" if r.status == "error" else f"{r.total:g}"])
     return buf.getvalue()
 
 
 def feedback_markdown(r: SubmissionResult, assignment: str) -> str:
     lines = [f"# Feedback: {assignment}", "", f"- **Student**: {r.student}", f"- **File**: {r.file}",
-             f"- **Score**: {r.total:g} / {r.max_total:g}", f"- **Status**: {r.status}",
+             f"- **Score**: {r.total:g} / {r.max_total:g}", f"- **Status**: {r.status}"
+             + (" (the grader failed, not your work: your instructor will look at it)" if r.status == "error" else ""),
              f"- **Grading time**: {r.seconds:g} s", "", "| exercise | points | tests passed | result |",
              "| --- | --- | --- | --- |"]
     for e in r.exercises:
-        mark = "passed" if e.kind == "ok" else e.kind.replace("_", " ")
+        mark = "passed" if e.kind == "ok" else "grader error" if e.kind == "error" else e.kind.replace("_", " ")
         lines.append(f"| `{e.id}` | {e.points:g} / {e.max_points:g} | {e.cases_passed} / {e.cases_total} | {mark} |")
     lines.append("")
     for e in r.exercises:

@@ -2,16 +2,18 @@
 
 As root (how CI and most grading servers run) each child gets: a new network namespace (no
 network), a new mount namespace in which the grader's output folders are hidden under empty tmpfs
-and root's home is hidden (only the Python installation is bound back), an unprivileged uid of its
-own per worker (so it can write none of the grader's files, and its process limit is its own),
-resource limits (address space, processes, file size, CPU time), a scrubbed environment and a
+and root's home is hidden (only the Python installation and the trained-model cache are bound
+back), an unprivileged uid of its own per worker (so it can write none of the grader's files, and
+its process limit is its own), resource limits (address space, processes, file size, CPU time), a scrubbed environment and a
 temporary working directory. As another user, namespaces and the uid switch are unavailable; the
 child still gets the limits, the environment and the directory, and :func:`isolation_summary` says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import os
 import resource
 import shutil
@@ -56,6 +58,36 @@ def isolation_summary(limits: Limits) -> str:
             "run as root, e.g. in a container, for full isolation); " + base)
 
 
+@contextlib.contextmanager
+def private_uids(n: int):
+    """``n`` sandbox uids that no other grading process on this machine holds (``None`` each when not
+    root). A uid is held by an exclusive lock until the block ends: :func:`kill_everything` kills every
+    process of its uid, so two concurrent grading runs must never share one."""
+    if not can_isolate():
+        yield [None] * n
+        return
+    locks = Path(tempfile.gettempdir()) / "tinyinterp-sandbox-uids"
+    locks.mkdir(mode=0o700, exist_ok=True)
+    held: list[tuple[int, object]] = []
+    try:
+        for uid in range(BASE_UID, BASE_UID + 4096):
+            if len(held) == n:
+                break
+            f = open(locks / f"{uid}.lock", "w")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            held.append((uid, f))
+        if len(held) < n:
+            raise RuntimeError(f"no free sandbox uid in {BASE_UID}..{BASE_UID + 4095}")
+        yield [uid for uid, _ in held]
+    finally:
+        for _, f in held:
+            f.close()
+
+
 def make_workdir(uid: int | None) -> Path:
     d = Path(tempfile.mkdtemp(prefix="tinyinterp-grade-"))
     if uid is not None:
@@ -74,16 +106,30 @@ def scrubbed_env(workdir: Path) -> dict[str, str]:
         "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg", "MPLCONFIGDIR": str(workdir),
     }
-    if "TINYINTERP_CACHE" in os.environ:  # read-only access to trained models
-        env["TINYINTERP_CACHE"] = os.environ["TINYINTERP_CACHE"]
+    cache = model_cache()
+    if cache is not None:  # read-only access to trained models (the child does not train them again)
+        env["TINYINTERP_CACHE"] = str(cache)
+    if "TINYINTERP_SEED_OFFSET" in os.environ:  # part of the cache key
+        env["TINYINTERP_SEED_OFFSET"] = os.environ["TINYINTERP_SEED_OFFSET"]
     return env
+
+
+def model_cache() -> Path | None:
+    """The model cache the child should read: ``$TINYINTERP_CACHE``, else the default one if it exists."""
+    if "TINYINTERP_CACHE" in os.environ:  # absolute: the child runs in another folder
+        return Path(os.path.abspath(os.environ["TINYINTERP_CACHE"]))
+    from ..checkpoint import cache_dir
+
+    d = cache_dir()
+    return Path(os.path.realpath(d)) if d.is_dir() else None
 
 
 def preexec(spec: SandboxSpec):
     """The function run in the forked child before exec (must not allocate much or use threads)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-    interpreter_dirs = _interpreter_roots()
+    cache = model_cache()
+    keep = _interpreter_roots() + ([Path(os.path.realpath(cache))] if cache is not None and cache.is_dir() else [])
 
     def check(rc: int, what: str) -> None:
         if rc != 0:
@@ -97,7 +143,7 @@ def preexec(spec: SandboxSpec):
             for d in spec.hide:
                 if d.is_dir():
                     check(libc.mount(b"tmpfs", str(d).encode(), b"tmpfs", 0, b"size=1m,mode=555"), f"hiding {d}")
-            _hide_home_but_keep(libc, check, interpreter_dirs, spec.workdir)
+            _hide_home_but_keep(libc, check, keep, spec.workdir)
         lim = spec.limits
         resource.setrlimit(resource.RLIMIT_AS, (lim.memory_bytes, lim.memory_bytes))
         resource.setrlimit(resource.RLIMIT_NPROC, (lim.max_processes, lim.max_processes))
@@ -123,6 +169,7 @@ def _interpreter_roots() -> list[Path]:
 def _hide_home_but_keep(libc, check, keep: list[Path], workdir: Path) -> None:
     home = Path("/root")
     inside = [p for p in keep if home in p.parents]
+    inside = [p for p in inside if not any(q in p.parents for q in inside)]  # a folder inside another: once
     if not home.is_dir():
         return
     stage = workdir / ".stage"
