@@ -5,7 +5,7 @@ Importing it has no side effects beyond importing torch: no training, no downloa
 
 from .config import TransformerConfig
 from .data import CharTokenizer, corpus_dataset, generate_corpus, load_text
-from .harness import CheckResult, check, progress
+from .harness import CheckResult, RevisitExercise, check, progress, uses
 from .hooks import ActivationCache, HookPoint, full_hook_name
 from .model import HookedTransformer
 from .train import TrainConfig, sample, train
@@ -15,5 +15,5 @@ __version__ = "0.1.0"
 __all__ = [
     "TransformerConfig", "HookedTransformer", "HookPoint", "ActivationCache", "full_hook_name",
     "CharTokenizer", "corpus_dataset", "generate_corpus", "load_text", "TrainConfig", "train", "sample",
-    "check", "progress", "CheckResult",
+    "check", "progress", "CheckResult", "uses", "RevisitExercise",
 ]
