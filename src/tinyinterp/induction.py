@@ -15,12 +15,10 @@ repeated once, ``2 * seq_len + 1`` tokens in all, so the second copy occupies po
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -29,7 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .attribution import head_ablation_hook, per_position_loss
-from .checkpoint import cached_model
+from .checkpoint import cached_model, source_hash
 from .circuits import composition_score
 from .config import TransformerConfig
 from .data import CharTokenizer, corpus_dataset
@@ -425,7 +423,7 @@ def train_induction_model(
 
 def induction_model(progress: bool = True) -> tuple[HookedTransformer, CharTokenizer, dict]:
     """The chapter's trained model, cached on disk: ``(model, tokenizer, history)``."""
-    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    source = source_hash("induction")[:12]
     spec = {"model": INDUCTION_MODEL.to_dict(), "data": INDUCTION_DATA.to_dict(), "train": INDUCTION_TRAIN.to_dict(),
             "source": source}
     model, history = cached_model("induction", spec, lambda: train_induction_model(progress=progress))

@@ -14,17 +14,15 @@ The pipeline of chapter 8:
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .checkpoint import cached_build
+from .checkpoint import cached_build, source_hash
 from .data import corpus_dataset
 from .functional import cross_entropy_loss
 from .hooks import HookPoint
@@ -169,11 +167,7 @@ def lm_sae(topk: bool = False, progress: bool = True) -> tuple[SparseAutoencoder
 
 # ----- the disk cache for SAEs -----------------------------------------------------------------
 def _source_hash() -> str:
-    here = Path(__file__).parent
-    h = hashlib.sha256()
-    for name in ("sae.py", "sae_lm.py"):
-        h.update((here / name).read_bytes())
-    return h.hexdigest()[:12]
+    return source_hash("sae")[:12]
 
 
 def cached_sae(
