@@ -14,7 +14,7 @@ JOBS ?= 2
 export TINYINTERP_CACHE ?= $(HOME)/.cache/tinyinterp
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: help setup book site test test-unit test-notebooks test-site browser-deps bench claims clean
+.PHONY: help setup book site test test-unit test-notebooks test-site browser-deps sandbox-deps bench claims clean
 
 help:
 	@echo "make book   - set up .venv, execute every chapter, build the site into _build/html"
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip "setuptools>=70.1"
 	$(PY) -m pip install --quiet "$(TORCH_PIN)" $(if $(TORCH_INDEX_URL),--index-url "$(TORCH_INDEX_URL)")
-	$(PY) -m pip install --quiet -e ".[book,dev]" "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet -e ".[book,dev,grade]" "$(TORCH_PIN)"
 	touch $@
 
 setup: $(STAMP) $(MATHJAX)
@@ -48,7 +48,17 @@ browser-deps:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
 
-test-unit: setup
+# bubblewrap: the sandbox of `tinyinterp grade` (the grading tests run it when root; without it, or
+# without root, they grade with --unsafe-no-sandbox and the sandbox's own tests are skipped); libseccomp
+# compiles its seccomp filter (through pyseccomp, the `grade` extra that setup installs).
+sandbox-deps:
+	@command -v bwrap >/dev/null && command -v setpriv >/dev/null && ldconfig -p | grep -q libseccomp.so.2 || \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap util-linux \
+	      libseccomp2 >/dev/null; \
+	  else echo "note: bubblewrap is missing and this is not root: the sandbox tests will be skipped"; fi
+
+test-unit: setup sandbox-deps
 	$(VENV)/bin/pytest -n $(JOBS) tests --ignore=tests/site -q
 
 test-notebooks: setup

@@ -8,7 +8,11 @@ the day it is added), with hidden tests, in one batch run per chapter:
   mistake k of every exercise of the chapter at once: a cell appended to the solution redefines each
   learner function as a wrapper around the mistake (learner code may import tinyinterp), and rebinds
   the other exercises' functions to the solution's originals, so a mistake in one exercise cannot leak
-  into another that calls it.
+  into another that calls it. The sandbox withholds the chapter's reference implementations (a function
+  that reaches one earns 0: see tests/test_sandbox.py), and a mistake is a small change to its reference,
+  so the cell puts the solution's functions in the references' places first. The sandbox's copy of the
+  exercise definitions computes nothing either (tests/test_graded_copy.py), so the cell runs the catalogue's
+  source as shipped, embedded by this test.
 
 `tinyinterp check` on every chapter's solution and exercise notebook is tested from an installed wheel,
 in tests/test_selfcheck_wheel.py.
@@ -24,19 +28,50 @@ import pytest
 
 from tinyinterp.grading.assignment import load_assignment
 from tinyinterp.grading.grader import SubmissionResult
+from tinyinterp.grading.sandbox import can_isolate
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted(p.stem for p in (ROOT / "solutions").glob("*.ipynb"))
 
 INJECT = '''\
 # test: inject catalogued mistakes
+import sys as _sys
 import types as _types
+import tinyinterp.harness as _harness
+import tinyinterp.harness.registry as _registry
 from tinyinterp.harness import all_exercises as _all_exercises
 _solution = dict(globals())
-for _name in {keep!r}:  # the other exercises call the solution's functions, never an injected mistake
+
+def _solution_function(_name):  # the solution's function, calling only the solution's functions
     _f = _solution[_name]
-    globals()[_name] = _types.FunctionType(_f.__code__, _solution, _f.__name__, _f.__defaults__, _f.__closure__)
-    globals()[_name].__kwdefaults__ = _f.__kwdefaults__
+    _g = _types.FunctionType(_f.__code__, _solution, _f.__name__, _f.__defaults__, _f.__closure__)
+    _g.__kwdefaults__ = _f.__kwdefaults__
+    return _g
+
+for _name in {keep!r}:  # the other exercises call the solution's functions, never an injected mistake
+    globals()[_name] = _solution_function(_name)
+
+# While grading, the chapter's reference implementations are withheld (copying is not solving), and the
+# catalogued mistakes are written as small changes to them: here they call the solution's functions instead
+# (every name the package binds to a reference is rebound).
+for _id, _name in {functions!r}.items():
+    _reference, _stand_in = _all_exercises()[_id].reference, _solution_function(_name)
+    for _module in [m for k, m in list(_sys.modules.items()) if k.split(".")[0] == "tinyinterp"]:
+        for _attr, _value in list(vars(_module).items()):
+            if _value is _reference:
+                setattr(_module, _attr, _stand_in)
+
+# The sandbox's copy of the exercise definitions computes nothing (the catalogue is grading data): run the
+# catalogue's source, as shipped (embedded by the test), collecting its exercises instead of registering them.
+_catalogue = {{}}
+_register = (_harness.register, _registry.register)
+_harness.register = _registry.register = lambda _ex: _catalogue.setdefault(_ex.id, _ex)
+try:
+    for _module_name, _source in {sources!r}.items():
+        exec(compile(_source, _module_name, "exec"), {{"__name__": _module_name + "_as_shipped",
+                                                       "__package__": "tinyinterp.exercises"}})
+finally:
+    _harness.register, _registry.register = _register
 
 def _wrap(_mistake):
     def learner_function(**kwargs):
@@ -44,7 +79,8 @@ def _wrap(_mistake):
     return learner_function
 
 for _name, (_id, _message) in {inject!r}.items():
-    globals()[_name] = _wrap(next(m.fn for m in _all_exercises()[_id].mistakes if m.message == _message))
+    _exercise = _catalogue.get(_id) or _all_exercises()[_id]
+    globals()[_name] = _wrap(next(m.fn for m in _exercise.mistakes if m.message == _message))
 '''
 
 
@@ -59,7 +95,10 @@ def injected(solution: dict, assignment, k: int) -> tuple[dict, dict]:
     inject = {assignment.function_names[i]: (i, m.message) for i, m in mistakes.items()}  # found by message
     keep = [fn for fn in assignment.function_names.values() if fn not in inject]
     nb = json.loads(json.dumps(solution))
-    nb["cells"].append(code_cell(INJECT.format(keep=keep, inject=inject), f"inject-{k}"))
+    modules = {m.fn.__module__ for m in mistakes.values() if m.fn.__module__.startswith("tinyinterp.exercises.")}
+    sources = {name: Path(sys.modules[name].__file__).read_text() for name in sorted(modules)}
+    nb["cells"].append(code_cell(INJECT.format(keep=keep, inject=inject, functions=assignment.function_names,
+                                               sources=sources), f"inject-{k}"))
     return nb, mistakes
 
 
@@ -76,7 +115,8 @@ def grade_chapter(slug: str, tmp: Path):
         (subs / f"mistake{k}_x.ipynb").write_text(json.dumps(nb))
     out, fb = tmp / "gradebook.csv", tmp / "feedback"
     p = subprocess.run([sys.executable, "-m", "tinyinterp.cli", "grade", str(subs), "--assignment", slug,
-                        "--out", str(out), "--feedback", str(fb), "--workers", "2", "--quiet", "--root", str(ROOT)],
+                        "--out", str(out), "--feedback", str(fb), "--workers", "2", "--quiet", "--root", str(ROOT),
+                        *([] if can_isolate() else ["--unsafe-no-sandbox"])],
                        capture_output=True, text=True, timeout=1200)
     results = {r.student: r for r in (SubmissionResult.from_json(f.read_text())
                                       for f in Path(str(out) + ".state").glob("*.json"))}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tinyinterp.grading.sandbox import can_isolate
 from tinyinterp.harness import all_exercises
 from tinyinterp.release import release_notebook, repository_url
 
@@ -98,3 +99,52 @@ def test_a_notebook_that_names_no_chapter_is_a_one_line_error(venv, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "--assignment" in p.stderr and all(slug in p.stderr for slug in CHAPTERS)
+
+
+COPY_EMBED = "from tinyinterp.functional import embed as _ref\ndef embed(tokens, W_E, W_pos):\n    return _ref(tokens, W_E, W_pos)\n"
+
+
+def test_self_check_from_the_wheel_withholds_the_reference(venv, tmp_path):
+    """The graded copy is built from the installed wheel and comes first on the child's path."""
+    slug = "01_tokens_and_embeddings"
+    solution = json.loads((ROOT / "solutions" / f"{slug}.ipynb").read_text())
+    solution["cells"].append({"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+                              "id": "copy", "source": COPY_EMBED})
+    path = lone_notebook(solution, tmp_path / "x", f"{slug}.ipynb")
+    p = subprocess.run([str(venv / "bin" / "tinyinterp"), "check", path.name], cwd=path.parent, env=clean_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "reaches the book's reference implementation `tinyinterp.functional.embed`" in p.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not can_isolate(), reason="the sandbox needs root and bubblewrap (CI runs as root)")
+def test_grading_from_the_wheel_withholds_the_reference_in_the_sandbox(venv, tmp_path):
+    """Grading with the wheel installed (no book anywhere): the sandbox mounts the graded copy over
+    site-packages/tinyinterp, so the wheel's own files cannot bring the reference back."""
+    import csv
+
+    slug = "01_tokens_and_embeddings"
+    solution = json.loads((ROOT / "solutions" / f"{slug}.ipynb").read_text())
+    site = next((venv / "lib").glob("python*/site-packages"))
+    route = (f"import importlib.util\nspec = importlib.util.spec_from_file_location('w', "
+             f"{str(site / 'tinyinterp' / 'functional.py')!r})\n_mod = importlib.util.module_from_spec(spec)\n"
+             "spec.loader.exec_module(_mod)\ndef embed(tokens, W_E, W_pos):\n    return _mod.embed(tokens, W_E, W_pos)\n")
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (subs / "honest_1.ipynb").write_text(json.dumps(solution))
+    for name, source in (("direct", COPY_EMBED), ("wheelfile", route)):
+        nb = json.loads(json.dumps(solution))
+        nb["cells"].append({"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+                            "id": name, "source": source})
+        (subs / f"{name}_1.ipynb").write_text(json.dumps(nb))
+    p = subprocess.run([str(venv / "bin" / "tinyinterp"), "grade", "subs", "--assignment", slug, "--out", "gb.csv",
+                        "--feedback", "fb", "--workers", "2", "--quiet"], cwd=tmp_path, env=clean_env(),
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    rows = {r["student"]: r for r in csv.DictReader((tmp_path / "gb.csv").open())}
+    assert rows["honest"]["total"] == "5"
+    for name in ("direct", "wheelfile"):
+        assert rows[name]["embed"] == "0" and rows[name]["total"] == "4", rows[name]
+        assert "reaches the book's reference implementation `tinyinterp.functional.embed`" in \
+            (tmp_path / "fb" / f"{name}.md").read_text()

@@ -94,6 +94,18 @@ def _grade_options(args, hidden: bool):
                         limits=Limits(memory_bytes=int(args.memory_gb * 2**30)), hidden=hidden)
 
 
+def _id_pattern(text: str) -> str:
+    import re
+
+    try:
+        compiled = re.compile(text)
+    except re.error as e:
+        raise argparse.ArgumentTypeError(f"not a regular expression ({e}): {text!r}") from None
+    if "student" not in compiled.groupindex:
+        raise argparse.ArgumentTypeError(f"needs a (?P<student>...) group: {text!r}")
+    return text
+
+
 class UsageError(Exception):
     """Misuse of a command: ``main`` prints it as one line and exits with status 2."""
 
@@ -141,6 +153,31 @@ def _grader_error_summary(results) -> str | None:
             f"with --resume (only these are graded again).")
 
 
+def _hidden_from_learners(root: Path | None, folders: list, files: list) -> list[Path]:
+    """Folders the sandbox must never show: the book (its solutions/ and .git), the submissions and
+    feedback folders, and the folders of the output files (gradebook, Canvas CSV; batch adds the .state)."""
+    hide = [root, root / "solutions"] if root else []
+    hide += [Path(p).resolve() for p in folders if p] + [Path(p).resolve().parent for p in files if p]
+    return hide
+
+
+def _require_sandbox(options) -> None:
+    """Refuse to grade without the sandbox, unless --unsafe-no-sandbox (one line, exit 2)."""
+    from .grading.sandbox import SandboxUnavailable, preflight, sandbox_problem
+
+    if options.unsafe_no_sandbox:
+        return
+    problem = sandbox_problem()
+    if problem is None:
+        try:
+            preflight(options.hide)
+            return
+        except SandboxUnavailable as e:
+            problem = str(e)
+    raise UsageError(f"cannot sandbox learner code: {problem}. Grade as root with bubblewrap installed (`make "
+                     f"sandbox-deps`), or pass --unsafe-no-sandbox to run learner code unsandboxed, as you")
+
+
 def cmd_grade(args) -> int:
     from .grading.batch import BatchConfig, run_batch
     from .grading.sandbox import isolation_summary
@@ -151,14 +188,17 @@ def cmd_grade(args) -> int:
     assignment = _assignment(args.assignment)
     root = _optional_root(args)
     options = _grade_options(args, hidden=True)
-    options.hide = [root / "solutions"] if root else []
+    options.hide = _hidden_from_learners(root, [subs, args.feedback], [args.out, args.canvas])
+    options.unsafe_no_sandbox = args.unsafe_no_sandbox
+    _require_sandbox(options)
     note = _stale_data_note(root) if root else None
     if note:
         print(note, file=sys.stderr)
     cfg = BatchConfig(subs, Path(args.out), Path(args.feedback), args.workers, args.resume,
                       Path(args.canvas) if args.canvas else None, args.feedback_format, args.id_pattern,
                       options, progress=not args.quiet)
-    print(isolation_summary(options.limits), file=sys.stderr)
+    isolation = isolation_summary(options.limits, sandboxed=not options.unsafe_no_sandbox)
+    print(isolation, file=sys.stderr)
     try:
         results, notes = run_batch(cfg, assignment)
     except KeyboardInterrupt:
@@ -166,6 +206,7 @@ def cmd_grade(args) -> int:
         return 130
     for line in notes:
         print(line)
+    print(isolation)
     print(f"gradebook: {cfg.out}  feedback: {cfg.feedback}/" + (f"  canvas: {cfg.canvas}" if cfg.canvas else ""))
     errors = _grader_error_summary(results)
     if errors:
@@ -178,6 +219,7 @@ def _chapter(path: Path, override: str | None) -> str:
     """``--assignment``, else the notebook's metadata, else its file name (Colab/browser decorations
     such as "Copy of" and " (1)" allowed)."""
     from .grading.assignment import chapter_of, known_chapters
+    from .grading.notebook import NotebookError, read_notebook
 
     if override:
         return override
@@ -186,8 +228,8 @@ def _chapter(path: Path, override: str | None) -> str:
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None
     try:
-        nb = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        nb = read_notebook(path)
+    except NotebookError:
         nb = {}  # the name may still tell; grading then reports the notebook as unreadable
     slug = chapter_of(path, nb, known)
     if slug is None:
@@ -206,8 +248,13 @@ def cmd_check(args) -> int:
     options = _grade_options(args, hidden=False)
     root = _optional_root(args)
     options.hide = [root / "solutions"] if root else []
+    from .grading.sandbox import isolation_summary
+
+    print(isolation_summary(options.limits, sandboxed=False, learner_own_code=True), file=sys.stderr)
     r = grade_notebook(path, "you", assignment, options, None)
-    print(f"{assignment.slug}: {path.name}")
+    from .grading.ids import display_name
+
+    print(f"{assignment.slug}: {display_name(path.name)}")
     print(f"{'exercise':26} {'points':>9}  tests   result")
     for e in r.exercises:
         print(f"{e.id:26} {e.points:>4g}/{e.max_points:<4g}  {e.cases_passed:>2}/{e.cases_total:<3}  "
@@ -286,9 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=_positive(int), default=1, help="submissions graded at once (default 1)")
     g.add_argument("--resume", action="store_true",
                    help="keep results saved by an interrupted run (those with status `error` are graded again)")
-    g.add_argument("--id-pattern", default=r"^(?P<student>[^_.]+)",
+    g.add_argument("--id-pattern", default=r"^(?P<student>[^_.]+)", type=_id_pattern,
                    help="regex with a (?P<student>...) group, searched in the file name (default: up to the first _)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--unsafe-no-sandbox", action="store_true",
+                   help="grade without the bubblewrap sandbox (needed when not root or without bubblewrap): learner "
+                        "code then runs as you, with resource limits only; the summary and feedback say UNSAFE")
     _add_limits(g)
     g.set_defaults(func=cmd_grade)
     return p

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from ..harness import Exercise, all_exercises
 from ..release import BEGIN, CHECK_RE
+from .notebook import code_cells
 
 DATA_FILE = "assignments.json"  # in this package, written by `tinyinterp release`
 DATA_FORMAT = 1
 CHECK_CALL_RE = re.compile(r"""check\(\s*["']([A-Za-z0-9_]+)["']\s*,\s*([A-Za-z_][A-Za-z0-9_]*)""")
-HARNESS_CALL_RE = re.compile(r"tinyinterp\s*\.\s*(check|progress)\s*\(|^\s*(check|progress)\s*\(", re.M)
 
 
 @dataclass
@@ -120,22 +120,16 @@ def chapter_of(path: Path, nb: dict, known: list[str]) -> str | None:
 
 
 def cells_to_run(assignment: Assignment, nb: dict) -> list[tuple[int, str]]:
-    """The submission's code cells to execute, as ``(cell index, source)``.
+    """The submission's code cells to execute, as ``(cell index, source)``; raises
+    :class:`~.notebook.NotebookError` when the notebook's cells are malformed.
 
-    Everything the learner wrote runs, except: check/progress calls (their saved results are never
-    trusted and their live results are irrelevant), and the book's own narrative cells that come after
-    the first exercise (recognised by their unchanged source; they only demo the learner's functions).
+    Everything the learner wrote runs, check cells included: while grading, ``tinyinterp.check`` and
+    ``tinyinterp.progress`` do nothing however they are reached (:mod:`.neutral`), so a cell that defines
+    a function and also calls ``check`` still defines it. Only the book's own narrative cells that come
+    after the first exercise are skipped (recognised by their unchanged source; they only demo the
+    learner's functions).
     """
-    out = []
-    for i, cell in enumerate(nb.get("cells", [])):
-        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
-            continue
-        src = cell.get("source", "")
-        src = "".join(src) if isinstance(src, list) else str(src)
-        if HARNESS_CALL_RE.search(src) or source_hash(src) in assignment.skip_hashes:
-            continue
-        out.append((i, strip_magics(src)))
-    return out
+    return [(i, strip_magics(src)) for i, src in code_cells(nb) if source_hash(src) not in assignment.skip_hashes]
 
 
 def strip_magics(src: str) -> str:

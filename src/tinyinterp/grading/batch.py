@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import re
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -13,12 +15,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .assignment import Assignment
-from .grader import GradeOptions, SubmissionResult, grade_notebook
+from .grader import GradeOptions, SubmissionResult, grade_notebook, grader_error_message, unreadable
+from .ids import display_name, normalise_id
+from .notebook import MAX_NOTEBOOK_BYTES
 from .report import atomic_write, canvas_csv, feedback_html, feedback_markdown, gradebook_csv, summary
 from .sandbox import private_uids
 
 DEFAULT_ID_PATTERN = r"^(?P<student>[^_.]+)"  # Canvas bulk downloads name files "<student>_<ids>_<name>"
-GRADER_VERSION = "2"  # bump when saved results must not be resumed
+GRADER_VERSION = "3"  # bump when saved results must not be resumed
 
 
 @dataclass
@@ -36,8 +40,27 @@ class BatchConfig:
 
 
 def student_id(path: Path, pattern: str) -> str:
+    """The normalised student id (:func:`~.ids.normalise_id`) that ``pattern`` finds in the file name."""
     m = re.search(pattern, path.stem)
-    return (m.group("student") if m and m.groupdict().get("student") else path.stem) or path.stem
+    return normalise_id((m.group("student") if m and m.groupdict().get("student") else path.stem) or path.stem)
+
+
+def submission_files(folder: Path) -> tuple[list[tuple[Path, float]], list[str]]:
+    """``([(notebook, mtime), ...], [ignored entry, ...])``: only regular files (never a symlink, a fifo or
+    a folder) named ``*.ipynb`` are submissions; the names of the rest are returned for a note."""
+    found, ignored = [], []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                ignored.append(entry.name)
+                continue
+            if stat.S_ISREG(st.st_mode) and entry.name.lower().endswith(".ipynb"):
+                found.append((Path(entry.path), st.st_mtime))
+            elif not stat.S_ISDIR(st.st_mode) or entry.name.lower().endswith(".ipynb"):
+                ignored.append(entry.name)
+    return found, sorted(ignored)
 
 
 def state_dir(cfg: BatchConfig) -> Path:
@@ -46,17 +69,19 @@ def state_dir(cfg: BatchConfig) -> Path:
 
 def run_batch(cfg: BatchConfig, assignment: Assignment) -> tuple[list[SubmissionResult], list[str]]:
     start = time.perf_counter()
-    files = sorted(p for p in cfg.submissions.iterdir() if p.suffix == ".ipynb" and p.is_file())
+    files, others = submission_files(cfg.submissions)
     problems: list[str] = []
     chosen: dict[str, Path] = {}
-    for p in sorted(files, key=lambda p: (p.stat().st_mtime, p.name)):  # newest wins
+    for p, _ in sorted(files, key=lambda f: (f[1], os.fsencode(f[0].name))):  # newest wins
         sid = student_id(p, cfg.id_pattern)
         if sid in chosen:
-            problems.append(f"duplicate submission for {sid}: {chosen[sid].name} and {p.name}; graded the newer, {p.name}")
+            problems.append(f"duplicate submission for {sid} (ids are compared case-insensitively, punctuation and "
+                            f"spaces as '_'): {display_name(chosen[sid].name)} and {display_name(p.name)}; graded "
+                            f"the newer, {display_name(p.name)}")
         chosen[sid] = p
-    others = sorted(p.name for p in cfg.submissions.iterdir() if p.is_file() and p.suffix != ".ipynb")
     if others:
-        problems.append(f"ignored {len(others)} files that are not .ipynb: {', '.join(others[:5])}")
+        problems.append(f"ignored {len(others)} entries that are not .ipynb files (or not regular files): "
+                        f"{', '.join(display_name(o, 60) for o in others[:5])}")
     sdir = state_dir(cfg)
     sdir.mkdir(parents=True, exist_ok=True)
     sdir.chmod(0o700)
@@ -89,10 +114,13 @@ def run_batch(cfg: BatchConfig, assignment: Assignment) -> tuple[list[Submission
         uid = slots.get()
         try:
             r = grade_notebook(p, sid, assignment, cfg.options, uid)
+        except Exception as e:  # noqa: BLE001 - grade_notebook contains its own; this is the last line
+            r = unreadable(sid, display_name(p.name), grader_error_message(
+                f"grading stopped on an unexpected {type(e).__name__}"), assignment, "error")
         finally:
             slots.put(uid)
         atomic_write(f, r.to_json())  # the result is safe before anything else happens
-        _write_feedback(cfg, r, assignment.slug)
+        _write_feedback(cfg, r, assignment.slug, problems)
         return r
 
     bar = tqdm(total=len(chosen), initial=len(results), desc="grading", disable=not cfg.progress, unit="nb")
@@ -111,25 +139,49 @@ def run_batch(cfg: BatchConfig, assignment: Assignment) -> tuple[list[Submission
         pool.shutdown(wait=True, cancel_futures=True)
         uid_claim.__exit__(None, None, None)
     for r in results:  # resumed results get their feedback rewritten too (cheap, keeps folders complete)
-        _write_feedback(cfg, r, assignment.slug)
+        _write_feedback(cfg, r, assignment.slug, problems)
     _write_gradebooks(cfg, assignment, results)
-    problems += [f"{r.student}: {next((n for n in r.notes if n.startswith('Grader error')), r.notes[0])}"
-                 for r in results if r.status in ("unreadable", "error") and r.notes]
+    for r in results:
+        if r.status in ("unreadable", "error") and r.notes:
+            note = next((n for n in r.notes if n.startswith(("Grader error", "Your notebook's results"))), r.notes[0])
+            problems.append(f"{r.student}: {display_name(note, 400)}")
     return results, problems + [summary(results, [], time.perf_counter() - start)]
 
 
 def _key(p: Path, sid: str, slug: str, hidden: bool) -> str:
-    h = hashlib.sha256(p.read_bytes())
+    """The state file's name: the submission's content (read in chunks; a file over the size limit, which
+    grading reports as unreadable, by its size and time), its student and what it is graded against."""
+    h = hashlib.sha256()
+    try:
+        st = os.stat(p, follow_symlinks=False)
+        if st.st_size > MAX_NOTEBOOK_BYTES or not stat.S_ISREG(st.st_mode):
+            h.update(f"{st.st_size}|{st.st_mtime_ns}|{st.st_mode}".encode())
+        else:
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+    except OSError as e:
+        h.update(f"unreadable|{e.errno}".encode())
     h.update(f"{sid}|{slug}|{hidden}|{GRADER_VERSION}".encode())
     return h.hexdigest()[:24]
 
 
-def _write_feedback(cfg: BatchConfig, r: SubmissionResult, slug: str) -> None:
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", r.student)
-    if cfg.feedback_format == "html":
-        atomic_write(cfg.feedback / f"{safe}.html", feedback_html(r, slug))
-    else:
-        atomic_write(cfg.feedback / f"{safe}.md", feedback_markdown(r, slug))
+def feedback_path(folder: Path, sid: str, fmt: str) -> Path:
+    """``folder/<id>.<fmt>`` for a normalised id, refusing anything that would land elsewhere."""
+    if sid != normalise_id(sid):
+        raise ValueError(f"student id {display_name(sid)!r} is not normalised")
+    path = folder / f"{sid}.{'html' if fmt == 'html' else 'md'}"
+    if path.parent != folder or os.path.basename(path) != path.name:
+        raise ValueError(f"feedback for {sid!r} would leave {folder}")
+    return path
+
+
+def _write_feedback(cfg: BatchConfig, r: SubmissionResult, slug: str, problems: list[str]) -> None:
+    try:
+        text = feedback_html(r, slug) if cfg.feedback_format == "html" else feedback_markdown(r, slug)
+        atomic_write(feedback_path(cfg.feedback, r.student, cfg.feedback_format), text)
+    except (OSError, ValueError) as e:  # one student's feedback must not end the batch
+        problems.append(f"{display_name(r.student)}: feedback not written ({type(e).__name__}: {display_name(str(e))})")
 
 
 def _write_gradebooks(cfg: BatchConfig, assignment: Assignment, results: list[SubmissionResult]) -> None:

@@ -1,7 +1,9 @@
 """The sandboxed child: run the learner's cells, then call the learner's functions on the test inputs.
 
-``python -m tinyinterp.grading.child JOB_DIR RESULT_FD``. It judges nothing: it only reports what
-happened, over the result pipe, and the grading process decides.
+``python -m tinyinterp.grading.child JOB_FD RESULT_FD INPUTS_FD``: the job (JSON) and the test inputs
+arrive on inherited file descriptors, never as paths (the grader writes nothing the child could replace,
+and reads nothing back but the result pipe). It judges nothing: it only reports what happened, over the
+result pipe, and the grading process decides.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 import traceback
 
 
-def main(job_dir: str, fd: int) -> None:
+def main(job_fd: int, fd: int, inputs_fd: int) -> None:
     import torch  # noqa: F401  (before learner code, so the learner cannot shadow it first)
 
     from tinyinterp.grading import inputs as test_inputs
@@ -25,16 +27,22 @@ def main(job_dir: str, fd: int) -> None:
     def send(**msg) -> None:
         if os.getpid() != main_pid:  # a process the learner forked: it must not speak for us
             os._exit(0)
-        out.write(encode(msg))
+        data = memoryview(encode(msg))
+        while data:  # a pipe may take a large message in several writes
+            data = data[out.write(data):]
     try:  # the grader's side: no learner code has run yet, so a failure here is never the learner's
-        job = json.loads(open(os.path.join(job_dir, "job.json")).read())
-        inputs = test_inputs.load(os.path.join(job_dir, "inputs.pt"))
-        os.unlink(os.path.join(job_dir, "inputs.pt"))
+        with os.fdopen(job_fd, "rb") as f:
+            job = json.loads(f.read())
+        with os.fdopen(inputs_fd, "rb") as f:  # closed before any learner code runs
+            inputs = test_inputs.load(f)
     except Exception as e:  # noqa: BLE001
         send(event="grader_error", message=f"the test inputs could not be loaded ({type(e).__name__}: {e})"[:600])
         out.flush()
         return
     namespace: dict = {"__name__": "__main__"}
+    from tinyinterp.grading.neutral import neutralise_checker
+
+    neutralise_checker(namespace)  # check cells run, but tinyinterp.check does nothing while grading
     skip_cells = set(job["skip_cells"])
     for index, source in job["cells"]:
         if index in skip_cells:
@@ -72,7 +80,7 @@ def main(job_dir: str, fd: int) -> None:
 
 if __name__ == "__main__":
     try:
-        main(sys.argv[1], int(sys.argv[2]))
+        main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
     except BaseException:
         traceback.print_exc()
         raise
