@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tinyinterp.grading.grader import STAGES, SubmissionResult
 from tinyinterp.grading.sandbox import can_isolate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +91,7 @@ def graded(tmp_path_factory):
         "osexit": with_cell(SOLUTION, "embed", "import os\nos._exit(0)\n" + stub),
         "osexitinside": with_cell(SOLUTION, "embed", "import os\ndef embed(tokens, W_E, W_pos):\n    os._exit(3)\n"),
         "loop": with_cell(SOLUTION, "embed", "while True:\n    pass\n" + stub),
+        "loopinside": with_cell(SOLUTION, "embed", "def embed(tokens, W_E, W_pos):\n    while True:\n        pass\n"),
         "sleepinside": with_cell(SOLUTION, "embed", "import time\ndef embed(tokens, W_E, W_pos):\n"
                                  "    import signal\n    signal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
                                  "    while True:\n        time.sleep(1)\n"),
@@ -109,7 +111,9 @@ def graded(tmp_path_factory):
                         "--root", str(ROOT), *UNSAFE], capture_output=True, text=True, timeout=900)
     stop.set()
     rows = {r["student"]: r for r in csv.DictReader(out.open())}
-    return {"proc": p, "rows": rows, "feedback": fb, "hits": hits, "tmp": tmp, "out": out}
+    results = {r.student: r for r in (SubmissionResult.from_json(f.read_text())
+                                      for f in Path(str(out) + ".state").glob("*.json"))}
+    return {"proc": p, "rows": rows, "feedback": fb, "hits": hits, "tmp": tmp, "out": out, "results": results}
 
 
 def _claim_success(nb):
@@ -130,8 +134,8 @@ def points(row):
 def test_batch_completes_and_lists_everyone(graded):
     assert graded["proc"].returncode == 0, graded["proc"].stderr[-3000:]
     assert set(graded["rows"]) == {"correct", "blank", "patchcheck", "alwayseq", "fakeobj", "editedoutputs", "writer",
-                                   "sysexit", "osexit", "osexitinside", "loop", "sleepinside", "membomb", "forkbomb",
-                                   "network", "notjson"}
+                                   "sysexit", "osexit", "osexitinside", "loop", "loopinside", "sleepinside", "membomb",
+                                   "forkbomb", "network", "notjson"}
 
 
 def test_correct_gets_full_marks_and_blank_gets_zero(graded):
@@ -143,7 +147,8 @@ def test_correct_gets_full_marks_and_blank_gets_zero(graded):
 
 
 @pytest.mark.parametrize("name", ["patchcheck", "alwayseq", "fakeobj", "writer", "sysexit", "osexit",
-                                  "osexitinside", "loop", "sleepinside", "membomb", "forkbomb", "network"])
+                                  "osexitinside", "loop", "loopinside", "sleepinside", "membomb", "forkbomb",
+                                  "network"])
 def test_tampering_and_faults_earn_nothing_for_that_exercise(graded, name):
     row = points(graded["rows"][name])
     assert row["embed"] == 0, (name, row)
@@ -153,9 +158,37 @@ def test_tampering_and_faults_earn_nothing_for_that_exercise(graded, name):
 def test_statuses(graded):
     rows = graded["rows"]
     assert rows["notjson"]["status"] == "unreadable"
-    assert rows["loop"]["status"] == "timeout" and rows["sleepinside"]["status"] == "timeout"
+    assert rows["loop"]["status"] == rows["sleepinside"]["status"] == "timeout"  # killed at a time limit
+    assert rows["loopinside"]["status"] == "graded"  # the per-case limit stopped it: the child carried on
     assert rows["membomb"]["status"] == "memory"
     assert rows["osexit"]["status"] == "crashed" and rows["osexitinside"]["status"] == "crashed"
+
+
+def test_where_the_time_goes_is_measured(graded):
+    """Every submission's time per stage: the correct one spends some in each; the cell that loops costs
+    its cell timeout (20 s) and no more than a restart on top."""
+    correct, loop = graded["results"]["correct"], graded["results"]["loop"]
+    assert set(correct.timing) == set(STAGES)
+    assert all(correct.timing[s] > 0 for s in ("start_up", "cells", "tests")), correct.timing
+    assert sum(correct.timing.values()) <= correct.seconds + 0.5
+    assert 19 <= loop.timing["cells"] < 20 + 15, loop.timing
+
+
+def test_an_infinite_loop_in_a_function_costs_one_case_limit_not_one_per_case(graded):
+    """`embed` has 9 public+hidden cases of 5 s each: once one times out the rest are not tried (they would
+    cost 45 s), and every case still counts as failed."""
+    r = graded["results"]["loopinside"]
+    embed = next(e for e in r.exercises if e.id == "embed")
+    assert embed.cases_total == 9 and embed.cases_passed == 0 and "Time limit" in embed.message
+    assert 5 <= r.timing["tests"] < 5 + 20, r.timing  # 45 s if every case ran to its limit
+
+
+def test_batch_summary_and_score_histogram(graded):
+    out = graded["proc"].stdout
+    assert "status:" in out and "mean points" in out and "mean seconds per submission" in out, out[-2000:]
+    assert "You left out the positional embedding" in out  # patchcheck's embed: the most frequent mistake
+    figure = graded["out"].with_name("gradebook.scores.png")
+    assert f"score histogram: {figure}" in out and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_writer_could_not_touch_gradebook_or_feedback(graded):

@@ -18,11 +18,12 @@ from .assignment import Assignment
 from .grader import GradeOptions, SubmissionResult, grade_notebook, grader_error_message, unreadable
 from .ids import display_name, normalise_id
 from .notebook import MAX_NOTEBOOK_BYTES
-from .report import atomic_write, canvas_csv, feedback_html, feedback_markdown, gradebook_csv, summary
+from .report import atomic_write, canvas_csv, feedback_html, feedback_markdown, gradebook_csv
 from .sandbox import private_uids
+from .summary import batch_summary, histogram_path, score_histogram
 
 DEFAULT_ID_PATTERN = r"^(?P<student>[^_.]+)"  # Canvas bulk downloads name files "<student>_<ids>_<name>"
-GRADER_VERSION = "3"  # bump when saved results must not be resumed
+GRADER_VERSION = "4"  # bump when saved results must not be resumed
 
 
 @dataclass
@@ -123,12 +124,16 @@ def run_batch(cfg: BatchConfig, assignment: Assignment) -> tuple[list[Submission
         _write_feedback(cfg, r, assignment.slug, problems)
         return r
 
-    bar = tqdm(total=len(chosen), initial=len(results), desc="grading", disable=not cfg.progress, unit="nb")
+    bar = tqdm(total=len(chosen), initial=len(results), desc="grading", disable=not cfg.progress, unit="nb",
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining} left, {rate_fmt}]{postfix}")
+    counts: dict[str, int] = {}
     pool = ThreadPoolExecutor(max_workers=max(1, cfg.workers))
     try:
         futures = [pool.submit(work, *t) for t in todo]
         for fut in as_completed(futures):
             results.append(fut.result())
+            counts[results[-1].status] = counts.get(results[-1].status, 0) + 1
+            bar.set_postfix_str(", ".join(f"{k} {n}" for k, n in sorted(counts.items())), refresh=False)
             bar.update(1)
     except KeyboardInterrupt:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -145,7 +150,12 @@ def run_batch(cfg: BatchConfig, assignment: Assignment) -> tuple[list[Submission
         if r.status in ("unreadable", "error") and r.notes:
             note = next((n for n in r.notes if n.startswith(("Grader error", "Your notebook's results"))), r.notes[0])
             problems.append(f"{r.student}: {display_name(note, 400)}")
-    return results, problems + [summary(results, [], time.perf_counter() - start)]
+    try:
+        figure = score_histogram(results, assignment, histogram_path(cfg.out))
+        problems.append(f"score histogram: {figure}")
+    except Exception as e:  # noqa: BLE001 - a figure must never cost the gradebook
+        problems.append(f"score histogram not written ({type(e).__name__}: {display_name(str(e))})")
+    return results, problems + [batch_summary(results, assignment, time.perf_counter() - start, len(todo))]
 
 
 def _key(p: Path, sid: str, slug: str, hidden: bool) -> str:

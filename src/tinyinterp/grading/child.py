@@ -19,7 +19,7 @@ def main(job_fd: int, fd: int, inputs_fd: int) -> None:
 
     from tinyinterp.grading import inputs as test_inputs
     from tinyinterp.grading.protocol import encode, to_wire
-    from tinyinterp.harness.runner import run_case
+    from tinyinterp.harness.runner import Outcome, run_case
 
     out = os.fdopen(fd, "wb", buffering=0)
     main_pid = os.getpid()
@@ -67,8 +67,10 @@ def main(job_fd: int, fd: int, inputs_fd: int) -> None:
         if not callable(fn):
             send(event="missing", id=ex_id, function=spec["function"])
             continue
+        timed_out = False  # after one case runs past its limit, the rest are not tried (each would cost as much)
         for k, kwargs in enumerate(inputs[ex_id]):
-            o = run_case(fn, kwargs, spec["time_limit_s"])
+            o = Outcome(timed_out=True, inputs_after=kwargs) if timed_out else run_case(fn, kwargs, spec["time_limit_s"])
+            timed_out = timed_out or o.timed_out
             send(event="case", id=ex_id, case=k, output=to_wire(o.output), timed_out=o.timed_out,
                  error_type=None if o.error is None else type(o.error).__name__,
                  traceback=o.traceback[-2000:], seconds=o.seconds,

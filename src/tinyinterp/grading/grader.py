@@ -24,6 +24,11 @@ from .protocol import Channel, ExerciseWire, OutputLimit, case_budget, one_line,
 from .sandbox import Limits
 
 
+STAGES = ("prepare", "start_up", "cells", "tests", "judging")  # where a submission's time goes:
+# test inputs and expected outputs (shared by a batch); from starting a child to its first message (sandbox,
+# interpreter, imports, loading the inputs); re-executing the notebook's cells; calling its functions on the
+# test cases; judging the outputs here. Children killed mid-phase count until they were killed.
+
 UNSAFE_NOTE = ("UNSAFE: no sandbox. This submission was graded with --unsafe-no-sandbox: its code ran unsandboxed, "
                "as the grader's user, with resource limits only.")
 
@@ -59,6 +64,7 @@ class SubmissionResult:
     exercises: list[ExerciseResult]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=dict)  # seconds per stage (:data:`STAGES`)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -114,26 +120,57 @@ def _grade_notebook(path: Path, student: str, shown: str, assignment: Assignment
         cells = cells_to_run(assignment, read_notebook(path))
     except NotebookError as e:
         return unreadable(student, shown, f"unreadable notebook: {e}", assignment)
-    cases = {ex.id: (ex.public_cases() + (ex.hidden_cases() if options.hidden else [])) for ex in assignment.exercises}
     try:
-        encoded = encode_cases(cases)
-    except InputEncodingError as e:
-        return failed(f"a test input cannot be sent to the notebook's process ({e})")
-    try:
-        expected = {ex.id: [ex.expected(c.kwargs) for c in cases[ex.id]] for ex in assignment.exercises}
-    except Exception as e:  # noqa: BLE001 - the reference itself failed: never the learner's fault
-        return failed(f"the expected outputs could not be computed ({type(e).__name__}: {one_line(str(e), 200)})")
+        cases, encoded, expected = prepared_tests(assignment, options.hidden)
+    except _PrepareError as e:
+        return failed(str(e))
     run = _Run(assignment, cells, cases, encoded, options, uid)
     run.expected = expected
+    run.timing["prepare"] = time.perf_counter() - start
     run.channel = Channel({ex.id: ExerciseWire(assignment.function_names[ex.id], [list(c.kwargs) for c in cases[ex.id]],
                                                [case_budget(e, c.kwargs) for c, e in zip(cases[ex.id], expected[ex.id])])
                            for ex in assignment.exercises}, n_cells=len(cells))
     run.execute(deadline=start + options.submission_timeout_s)
+    t = time.perf_counter()
     results = [run.judge_exercise(ex) for ex in assignment.exercises]
+    run.timing["judging"] = time.perf_counter() - t
     total = round(sum(r.points for r in results), 2)
     status = run.status()
     return SubmissionResult(student, shown, status, total, assignment.max_points, results,
-                            round(time.perf_counter() - start, 2), run.notes)
+                            round(time.perf_counter() - start, 2), run.notes,
+                            {k: round(run.timing.get(k, 0.0), 3) for k in STAGES})
+
+
+class _PrepareError(Exception):
+    pass
+
+
+_prepared: dict[tuple, tuple] = {}
+_prepared_lock = threading.Lock()
+
+
+def prepared_tests(assignment: Assignment, hidden: bool) -> tuple[dict, bytes, dict]:
+    """``(cases, encoded inputs, expected outputs)`` of an assignment: computed once per grading process and
+    shared by every submission of a batch (the same for all; nothing a submission does can reach them: the
+    child gets a serialised copy, and the judge copies what it compares). Raises :class:`_PrepareError`
+    (a grader error) when the inputs cannot be encoded or the reference fails."""
+    key = (tuple(id(ex) for ex in assignment.exercises), hidden)  # these very exercises (kept alive below)
+    with _prepared_lock:
+        if key not in _prepared:
+            cases = {ex.id: (ex.public_cases() + (ex.hidden_cases() if hidden else [])) for ex in assignment.exercises}
+            try:
+                encoded = encode_cases(cases)
+            except InputEncodingError as e:
+                raise _PrepareError(f"a test input cannot be sent to the notebook's process ({e})") from None
+            try:
+                expected = {ex.id: [ex.expected(c.kwargs) for c in cases[ex.id]] for ex in assignment.exercises}
+            except Exception as e:  # noqa: BLE001 - the reference itself failed: never the learner's fault
+                raise _PrepareError(f"the expected outputs could not be computed ({type(e).__name__}: "
+                                    f"{one_line(str(e), 200)})") from None
+            buf = io.BytesIO()
+            save(encoded, buf)
+            _prepared[key] = (cases, buf.getvalue(), expected, list(assignment.exercises))
+        return _prepared[key][:3]
 
 
 class _Run:
@@ -157,6 +194,7 @@ class _Run:
         self.limit_details: dict[str, str] = {}  # exercise id -> why its output went over the limit
         self.output_stopped: str | None = None  # output over the limit between cells/exercises: grading stopped
         self.judging_errors: list[str] = []  # the judge raised here: status `error`
+        self.timing: dict[str, float] = {}  # seconds per stage (STAGES)
 
     # ----- running ------------------------------------------------------------------------
     def execute(self, deadline: float) -> None:
@@ -178,9 +216,8 @@ class _Run:
                "skip_exercises": sorted(set(self.skip_exercises) | self._finished()),
                "exercises": {ex.id: {"function": self.assignment.function_names[ex.id],
                                      "time_limit_s": ex.time_limit_s} for ex in self.assignment.exercises}}
-        buf = io.BytesIO()
-        save(self.encoded_inputs, buf)
-        job_fd, inputs_fd = sealed_fd(json.dumps(job).encode(), "job"), sealed_fd(buf.getvalue(), "inputs")
+        job_fd, inputs_fd = sealed_fd(json.dumps(job).encode(), "job"), sealed_fd(self.encoded_inputs, "inputs")
+        spawned = time.perf_counter()
         r, w = os.pipe()
         sandboxed = self.uid is not None and not self.options.unsafe_no_sandbox
         if self.options.unsafe_no_sandbox and UNSAFE_NOTE not in self.notes:
@@ -196,16 +233,20 @@ class _Run:
             for fd in (job_fd, w, inputs_fd):
                 os.close(fd)
         try:
-            return self._supervise(child, r, deadline)
+            return self._supervise(child, r, deadline, spawned)
         finally:
             child.close()
 
     def _finished(self) -> set[str]:
         return {i for i, m in self.case_msgs.items() if len(m) == len(self.cases[i])} | self.missing
 
-    def _supervise(self, child, r: int, deadline: float):
+    def _spent(self, stage: str, seconds: float) -> None:
+        self.timing[stage] = self.timing.get(stage, 0.0) + seconds
+
+    def _supervise(self, child, r: int, deadline: float, spawned: float):
         proc = child.proc
-        state = {"phase": None, "since": time.perf_counter(), "done": False, "learner_ran": False}
+        state = {"phase": None, "since": time.perf_counter(), "done": False, "learner_ran": False,
+                 "spawned": spawned}
         n_errors = len(self.grader_errors)
         t = threading.Thread(target=self._read, args=(r, state), daemon=True)
         t.start()
@@ -225,6 +266,10 @@ class _Run:
                 break
         child.kill()
         t.join(timeout=5)
+        if state.get("phase") is not None:  # killed mid-phase: its time so far counts
+            self._spent("cells" if state["phase"][0] == "cell" else "tests", time.perf_counter() - state["since"])
+        elif "first_message" not in state:
+            self._spent("start_up", time.perf_counter() - spawned)
         if t.is_alive():  # the reader keeps (and then closes) its fd, and changes nothing more of this run
             state["abandoned"] = True
             self._grader_error("the notebook's results were still being read 5 s after its process ended")
@@ -287,7 +332,10 @@ class _Run:
         read = reader(fd)
         try:
             while (msg := talk.next(read)) is not None and not state.get("abandoned"):
-                ev = msg["event"]
+                ev, now = msg["event"], time.perf_counter()
+                if "first_message" not in state:
+                    state["first_message"] = now
+                    self._spent("start_up", now - state["spawned"])
                 if ev == "grader_error":
                     self._grader_error(msg["message"][:600])
                     return
@@ -295,19 +343,21 @@ class _Run:
                     state["learner_ran"] = True
                     state["started"] = ("cell", msg["index"]) if ev == "cell_start" else ("exercise", msg["id"])
                 if ev == "cell_start":
-                    state["phase"], state["since"] = ("cell", msg["index"]), time.perf_counter()
+                    state["phase"], state["since"] = ("cell", msg["index"]), now
                 elif ev == "cell_end":
                     if msg["error"]:
                         self.cell_errors[msg["index"]] = msg["error"]
                     state["phase"] = None
+                    self._spent("cells", now - state["since"])
                 elif ev == "exercise_start":
-                    state["phase"], state["since"] = ("exercise", msg["id"]), time.perf_counter()
+                    state["phase"], state["since"] = ("exercise", msg["id"]), now
                 elif ev == "case":
                     self.case_msgs[msg["id"]][msg["case"]] = msg
                 elif ev == "missing":
                     self.missing.add(msg["id"])
                 elif ev == "exercise_end":
                     state["phase"] = None
+                    self._spent("tests", now - state["since"])
                 elif ev == "done":
                     state["done"] = True
         except OutputLimit as e:
