@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from . import forkserver
 from .assignment import Assignment
 from .grader import GradeOptions, SubmissionResult, grade_notebook, grader_error_message, unreadable
 from .ids import display_name, normalise_id
@@ -142,7 +143,11 @@ def run_batch(cfg: BatchConfig, assignment: Assignment) -> tuple[list[Submission
     finally:
         bar.close()
         pool.shutdown(wait=True, cancel_futures=True)
+        forkserver.close_all()  # before the uids are given back
         uid_claim.__exit__(None, None, None)
+    if forkserver.problem and todo:
+        problems.append(f"the pre-warmed sandbox template was not used ({forkserver.problem}): each submission "
+                        f"started a sandbox and an interpreter of its own")
     for r in results:  # resumed results get their feedback rewritten too (cheap, keeps folders complete)
         _write_feedback(cfg, r, assignment.slug, problems)
     _write_gradebooks(cfg, assignment, results)

@@ -86,4 +86,9 @@ if __name__ == "__main__":
     except BaseException:
         traceback.print_exc()
         raise
+    for stream in (sys.stdout, sys.stderr):  # what the notebook printed reaches the grader's output tail
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001 - a stream the learner replaced or closed
+            pass
     os._exit(0)  # skip atexit handlers the learner may have registered

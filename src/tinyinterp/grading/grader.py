@@ -29,8 +29,9 @@ STAGES = ("prepare", "start_up", "cells", "tests", "judging")  # where a submiss
 # interpreter, imports, loading the inputs); re-executing the notebook's cells; calling its functions on the
 # test cases; judging the outputs here. Children killed mid-phase count until they were killed.
 
-UNSAFE_NOTE = ("UNSAFE: no sandbox. This submission was graded with --unsafe-no-sandbox: its code ran unsandboxed, "
-               "as the grader's user, with resource limits only.")
+UNSAFE_NOTE = ("UNSAFE: no sandbox. This submission was graded without the sandbox (--unsafe-no-sandbox, or none "
+               "available where it was graded): its code ran unsandboxed, as the grader's user, with resource limits "
+               "only.")
 
 
 @dataclass
@@ -41,6 +42,7 @@ class GradeOptions:
     hidden: bool = True  # False: public cases only (the learner's self-check)
     hide: list[Path] = field(default_factory=list)  # folders the sandbox must not show (checked on its mounts)
     unsafe_no_sandbox: bool = False  # grade without the sandbox even when a uid is given (--unsafe-no-sandbox)
+    prepared: dict = field(default_factory=dict, repr=False, compare=False)  # prepared_tests, per batch
 
 
 @dataclass
@@ -121,7 +123,7 @@ def _grade_notebook(path: Path, student: str, shown: str, assignment: Assignment
     except NotebookError as e:
         return unreadable(student, shown, f"unreadable notebook: {e}", assignment)
     try:
-        cases, encoded, expected = prepared_tests(assignment, options.hidden)
+        cases, encoded, expected = prepared_tests(assignment, options)
     except _PrepareError as e:
         return failed(str(e))
     run = _Run(assignment, cells, cases, encoded, options, uid)
@@ -145,15 +147,15 @@ class _PrepareError(Exception):
     pass
 
 
-_prepared: dict[tuple, tuple] = {}
 _prepared_lock = threading.Lock()
 
 
-def prepared_tests(assignment: Assignment, hidden: bool) -> tuple[dict, bytes, dict]:
-    """``(cases, encoded inputs, expected outputs)`` of an assignment: computed once per grading process and
-    shared by every submission of a batch (the same for all; nothing a submission does can reach them: the
-    child gets a serialised copy, and the judge copies what it compares). Raises :class:`_PrepareError`
-    (a grader error) when the inputs cannot be encoded or the reference fails."""
+def prepared_tests(assignment: Assignment, options: GradeOptions) -> tuple[dict, bytes, dict]:
+    """``(cases, encoded inputs, expected outputs)`` of an assignment: computed once per batch (kept in its
+    ``options``) and shared by every submission in it (the same for all; nothing a submission does can reach
+    them: the child gets a serialised copy, and the judge copies what it compares). Raises
+    :class:`_PrepareError` (a grader error) when the inputs cannot be encoded or the reference fails."""
+    hidden, _prepared = options.hidden, options.prepared
     key = (tuple(id(ex) for ex in assignment.exercises), hidden)  # these very exercises (kept alive below)
     with _prepared_lock:
         if key not in _prepared:
@@ -276,6 +278,9 @@ class _Run:
         if culprit is None and "over_limit" in state:
             return self._output_limit(*state["over_limit"])
         if len(self.grader_errors) > n_errors or (state["done"] and culprit is None):
+            return None
+        if culprit is None and getattr(proc, "template_lost", False):  # the grader's template, not the child
+            self._grader_error("the sandbox template ended while the notebook ran")
             return None
         if culprit is None:  # the child died
             culprit = state["phase"]

@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import forkserver
 from .cgroups import ChildCgroups
 from .sandbox import Limits, kill_uid, sandbox_argv, scrubbed_env, seccomp_program
 
@@ -124,6 +125,13 @@ def start_child(module_args: list[str], *, uid: int | None, package: Path | None
     as ``uid``, or (``uid=None``) unsandboxed as this user with the resource limits only. The child's
     stdout and stderr go to a pipe read here (the last :data:`OUTPUT_TAIL_BYTES` kept); it gets ``pass_fds``
     and nothing else of this process."""
+    if uid is not None:
+        server = forkserver.template_for(uid, package, limits, hide)
+        if server is not None:
+            try:
+                return _start_from_template(server, [int(a) for a in module_args], uid, limits)
+            except forkserver.TemplateLost:
+                pass  # this child starts a sandbox of its own; the next asks for a new template
     command = [sys.executable, "-m", "tinyinterp.grading.child", *module_args]
     out_r, out_w = os.pipe()
     cgroup = workdir = None
@@ -159,6 +167,29 @@ def start_child(module_args: list[str], *, uid: int | None, package: Path | None
     for fd in own_fds:
         os.close(fd)
     child = ChildProcess(proc, uid, cgroup, workdir)
+    child._reader = threading.Thread(target=child._collect, args=(out_r,), daemon=True)
+    child._reader.start()
+    return child
+
+
+def _start_from_template(server, job_fds: list[int], uid: int, limits: Limits) -> ChildProcess:
+    """The child forked by the worker's pre-warmed template (:mod:`.forkserver`), with its own cgroups."""
+    out_r, out_w = os.pipe()
+    cgroup = ChildCgroups.create(uid, limits.memory_bytes, limits.max_processes)
+    procs_fds: list[int] = []
+    try:
+        procs_fds = cgroup.procs_fds() if cgroup is not None else []
+        proc = server.spawn(*job_fds, out_w, procs_fds)
+    except BaseException:
+        os.close(out_r)
+        if cgroup is not None:
+            cgroup.remove()
+        raise
+    finally:
+        os.close(out_w)
+        for fd in procs_fds:
+            os.close(fd)
+    child = ChildProcess(proc, uid, cgroup, None)
     child._reader = threading.Thread(target=child._collect, args=(out_r,), daemon=True)
     child._reader.start()
     return child

@@ -203,7 +203,9 @@ def isolation_summary(limits: Limits, sandboxed: bool, learner_own_code: bool = 
     if sandboxed:
         return ("isolation: bubblewrap sandbox (own pid/mount/network/ipc/uts namespaces, a uid of its own per "
                 "worker and run, no capabilities, seccomp filter (no keyring, bpf, perf_event_open, userfaultfd, "
-                "io_uring, kexec), read-only Python and package, fresh /tmp, /var/tmp, /dev/shm); "
+                "io_uring, kexec), read-only Python and package, fresh /tmp, /var/tmp, /dev/shm"
+                + ("; each submission forked from a pre-warmed template into namespaces of its own"
+                   if os.environ.get("TINYINTERP_GRADER_TEMPLATE", "1") != "0" else "") + "); "
                 + base + "; " + ChildCgroups.summary(limits.max_processes))
     if learner_own_code:
         return "isolation: none (your own notebook runs as you, unsandboxed); " + base
@@ -384,13 +386,16 @@ def preflight(hide: list[Path]) -> None:
 
 
 def sandbox_argv(uid: int, package: Path | None, hide: list[Path], limits: Limits, command: list[str], *,
-                 seccomp_fd: int) -> list[str]:
+                 seccomp_fd: int, as_template: bool = False) -> list[str]:
     """The full command line: bwrap, its mounts, setpriv to ``uid``, then ``command``. ``seccomp_fd`` holds
-    :func:`seccomp_program` (bwrap reads it, at offset 0, and closes it; the caller passes it to bwrap)."""
+    :func:`seccomp_program` (bwrap reads it, at offset 0, and closes it; the caller passes it to bwrap).
+    ``as_template``: for :mod:`.forkserver`'s template (trusted code only), which stays root with
+    CAP_SYS_ADMIN too (to give each fork its own namespaces and mounts) and drops to ``uid`` in each fork."""
     args = [_tool("bwrap") or "bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-            "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--hostname", "sandbox",
+            *([] if as_template else ["--unshare-cgroup-try"]),  # a fork joins its cgroups, then unshares
+            "--die-with-parent", "--new-session", "--hostname", "sandbox",
             "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP",
-            "--seccomp", str(seccomp_fd)]
+            *(["--cap-add", "CAP_SYS_ADMIN"] if as_template else []), "--seccomp", str(seccomp_fd)]
     made: set[Path] = set()
     bound: list[Path] = []
 
@@ -432,6 +437,9 @@ def sandbox_argv(uid: int, package: Path | None, hide: list[Path], limits: Limit
     if cache is not None and cache.is_dir():
         parents(cache)
         args.extend(["--ro-bind", str(cache), str(cache)])
+    if as_template:
+        args.extend(["--chdir", "/tmp", "--", *command])
+        return args
     args.extend(["--chdir", "/tmp", "--", _tool("setpriv") or "setpriv", f"--reuid={uid}", f"--regid={uid}",
                  "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", *command])
     return args
