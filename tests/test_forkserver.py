@@ -182,3 +182,7 @@ def test_the_template_grades_exactly_as_a_fresh_sandbox(tmp_path):
     without = _grade(subs, tmp_path / "b" / "gb.csv", template=False)
     assert with_template == without
     assert with_template["correct"]["total"] == "5" and with_template["wrong"]["total"] == "4"
+
+
+def test_mount_points_with_odd_names_are_read_back_exactly():
+    assert forkserver.mountinfo_path(r"/tmp/a\040b\011c\134d/ü") == "/tmp/a b\tc\\d/ü"

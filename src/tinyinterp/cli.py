@@ -271,6 +271,32 @@ def cmd_check(args) -> int:
     return 0 if r.total == r.max_total else 1
 
 
+AUTOGRADER_EPILOG = ("Gradescope: DIR/autograder.zip (setup.sh, run_autograder). PrairieLearn: DIR/questions/"
+                     "tinyinterp_<slug>/ (info.json, question.html, tests/run.sh) and DIR/grader-image/Dockerfile. "
+                     "GitHub Classroom: DIR/.github/classroom/autograding.json and "
+                     "DIR/.github/workflows/classroom.yml. "
+                     "No solution or reference notebook is written. Exit status: 0 written; 2 misuse.")
+
+
+def cmd_autograder(args) -> int:
+    from .grading.platforms import ExportError, ExportOptions, RunSettings, export
+
+    _assignment(args.chapter)  # unknown chapter: one line, exit 2
+    settings = RunSettings(args.cell_timeout, args.submission_timeout, args.memory_gb)
+    opts = ExportOptions(package_spec=args.package_spec or "", wheel=Path(args.wheel) if args.wheel else None,
+                         torch_index_url=args.torch_index_url, settings=settings, image=args.image or "")
+    out = Path(args.out)
+    try:
+        written = export(args.platform, args.chapter, out, opts)
+    except ExportError as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote the {args.platform} autograder for {args.chapter} into {out}/:")
+    for p in written:
+        print(f"  {p.relative_to(out)}")
+    print(f"tinyinterp is installed there from: {opts.wheel.name + ' (shipped)' if opts.wheel else opts.spec()}")
+    return 0
+
+
 def _add_limits(p) -> None:
     p.add_argument("--cell-timeout", type=_positive(float), default=60.0, metavar="S",
                    help="wall-clock limit per notebook cell, seconds (default 60)")
@@ -341,6 +367,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "code then runs as you, with resource limits only; the summary and feedback say UNSAFE")
     _add_limits(g)
     g.set_defaults(func=cmd_grade)
+    a = sub.add_parser("autograder", help="export a ready-to-upload autograder for one chapter",
+                       description="Write an autograder for one chapter for Gradescope, PrairieLearn or GitHub "
+                                   "Classroom. It grades with the same core as `tinyinterp grade` (hidden tests, "
+                                   "mistake diagnoses, partial credit), in the bubblewrap sandbox where the "
+                                   "platform allows it, else unsandboxed and saying UNSAFE in every result.",
+                       epilog=AUTOGRADER_EPILOG)
+    a.add_argument("platform", choices=["gradescope", "prairielearn", "github-classroom"])
+    a.add_argument("chapter", help="the chapter slug, e.g. 01_tokens_and_embeddings")
+    a.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (new or empty)")
+    a.add_argument("--package-spec", metavar="SPEC",
+                   help="what the platform pip-installs (default: tinyinterp[grade]==this version)")
+    a.add_argument("--wheel", metavar="PATH", help="ship this tinyinterp wheel in the export and install it instead")
+    a.add_argument("--torch-index-url", default="https://download.pytorch.org/whl/cpu", metavar="URL",
+                   help="where torch is installed from first (default: the CPU build); '' for PyPI's default")
+    a.add_argument("--image", metavar="NAME", help="PrairieLearn: the grader image's name (default: "
+                                                   "tinyinterp-grader:<version>)")
+    a.add_argument("--cell-timeout", type=_positive(float), default=60.0, metavar="S",
+                   help="wall-clock limit per notebook cell, seconds (default 60)")
+    a.add_argument("--submission-timeout", type=_positive(float), default=300.0, metavar="S",
+                   help="wall-clock limit per submission, seconds (default 300)")
+    a.add_argument("--memory-gb", type=_positive(float), default=4.0, metavar="GB",
+                   help="address-space limit of the learner's process (default 4)")
+    a.set_defaults(func=cmd_autograder)
     return p
 
 

@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -165,11 +166,16 @@ def _fork_child(sock: socket.socket, fds: list[int], uid: int, limits: Limits) -
 SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")
 
 
+def mountinfo_path(field: str) -> str:
+    """A path as /proc/self/mountinfo writes it: space, tab, newline and backslash as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
 def _mounts_below(folders) -> list[str]:
     """Mount points strictly inside ``folders``, in the order they were mounted (parents first)."""
     found = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].encode().decode("unicode_escape")  # octal escapes: \040 is a space
+        point = mountinfo_path(line.split()[4])
         if any(point.startswith(f + "/") for f in folders):
             found.append(point)
     return found
