@@ -4,6 +4,7 @@ start or dies is the grader's problem, never the learner's. (Everything in tests
 tests/test_grading*.py also runs through the template, which is the default.)"""
 
 import csv
+import errno
 import io
 import json
 import os
@@ -27,8 +28,18 @@ SLUG = "01_tokens_and_embeddings"
 pytestmark = pytest.mark.skipif(not can_isolate(), reason="the sandbox needs root and bubblewrap (CI runs as root)")
 
 PROBE = """\
-import json, os, sys
+import ctypes, json, os, socket, sys, torch
 status = dict(l.split(':', 1) for l in open('/proc/self/status') if ':' in l)
+snmp = [l.split() for l in open('/proc/net/snmp') if l.startswith('Udp:')]
+libc = ctypes.CDLL(None, use_errno=True)
+userns = (libc.unshare(0x10000000), ctypes.get_errno())  # CLONE_NEWUSER
+server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+server.bind(('127.0.0.1', 0))  # loopback is up, as in bwrap's own namespace
+server.sendto(b'x', server.getsockname())
+loopback = server.recv(1) == b'x'
+sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(40):  # to a closed port: counted in this network namespace's /proc/net/snmp (Udp NoPorts)
+    sender.sendto(b'x', ('127.0.0.1', 9))
 writes = {}
 for target in [os.environ['TINYINTERP_CACHE'], os.path.dirname(os.__file__), sys.prefix]:
     try:
@@ -42,7 +53,9 @@ print('PROBE' + json.dumps({
                                               'CapAmb', 'NoNewPrivs', 'Seccomp')},
     'cache': sorted(os.listdir(os.environ['TINYINTERP_CACHE'])), 'writes': writes,
     'processes': sorted(int(p) for p in os.listdir('/proc') if p.isdigit()),
-    'template': getattr(sys.modules.get('tinyinterp.grading.forkserver'), '_in_template', False)}))
+    'template': getattr(sys.modules.get('tinyinterp.grading.forkserver'), '_in_template', False),
+    'udp': dict(zip(snmp[0][1:], snmp[1][1:])), 'tcp': open('/proc/net/tcp').read().splitlines()[1:],
+    'hostname': socket.gethostname(), 'loopback': loopback, 'userns': userns, 'seed': torch.initial_seed()}))
 open('/tmp/left-by-probe', 'w').write('x')
 open('/dev/shm/left-by-probe', 'w').write('x')
 """
@@ -107,6 +120,10 @@ def test_each_fork_is_unprivileged_fresh_and_alone(cache_under_tmp):
         assert seen["cache"] == ["model.pt"]  # the read-only bind below /tmp is bound again in each fork
         assert set(seen["writes"].values()) <= {"OSError", "PermissionError"}, seen["writes"]
         assert seen["processes"] == [1, seen["pid"]], seen["processes"]  # nothing else visible
+        # a network namespace of its own: the first child's 40 packets are not counted in the second's
+        assert seen["udp"]["NoPorts"] == "0" and seen["tcp"] == [] and seen["loopback"], seen
+        assert seen["hostname"] == "sandbox" and seen["userns"] == [-1, errno.EPERM], seen
+    assert first["seed"] != second["seed"]  # fresh random seeds, as a fresh process has
     assert sorted(os.listdir(cache_under_tmp)) == ["model.pt"]
 
 
@@ -115,7 +132,7 @@ def test_without_the_template_the_child_starts_its_own_sandbox(cache_under_tmp, 
     with private_uids(1) as (uid,):
         seen = probe(run_child(uid, PROBE)[0])
     assert not seen["template"] and seen["uid"] == uid and seen["status"]["CapEff"] == "0" * 16
-    assert seen["cache"] == ["model.pt"]
+    assert seen["cache"] == ["model.pt"] and seen["loopback"] and seen["userns"] == [-1, errno.EPERM]
 
 
 def test_a_template_that_cannot_start_falls_back_and_says_so(monkeypatch):
@@ -186,3 +203,44 @@ def test_the_template_grades_exactly_as_a_fresh_sandbox(tmp_path):
 
 def test_mount_points_with_odd_names_are_read_back_exactly():
     assert forkserver.mountinfo_path(r"/tmp/a\040b\011c\134d/ü") == "/tmp/a b\tc\\d/ü"
+
+
+def test_a_late_reply_is_never_taken_for_another_and_silence_gives_the_template_up():
+    """Replies carry the request's number: one that comes after its request gave up is dropped, not handed
+    to the next request; a request with no reply in time marks the template lost and ends it."""
+    server = object.__new__(forkserver.ForkServer)
+    killed = []
+    server.cond, server.lost, server.log = threading.Condition(), False, io.BytesIO()
+    server.proc = type("Proc", (), {"kill": lambda self: killed.append(1)})()
+    server.replies = [{"event": "spawned", "pid": 11, "seq": 1}, {"event": "spawned", "pid": 14, "seq": 2}]
+    assert server._reply(1.0, seq=2)["pid"] == 14 and server.replies == []
+    with pytest.raises(forkserver.TemplateLost):
+        server._reply(0.2, seq=3)
+    assert server.lost and killed == [1]
+
+
+def test_a_fork_that_cannot_set_up_its_sandbox_is_graded_from_scratch(tmp_path, monkeypatch):
+    """The fork's init cannot join a cgroup (here: an fd it cannot write): no notebook code ran, so the
+    child starts again in a sandbox of its own, the templates are retired for the run, and the student is
+    graded normally."""
+    forkserver.close_all()
+    monkeypatch.setattr(forkserver, "problem", None)
+    real_spawn = forkserver.ForkServer.spawn
+
+    def spawn_with_a_bad_cgroup(self, job_fd, result_fd, inputs_fd, out_fd, cgroup_fds):
+        bad = os.open("/dev/null", os.O_RDONLY)
+        try:
+            return real_spawn(self, job_fd, result_fd, inputs_fd, out_fd, [*cgroup_fds, bad])
+        finally:
+            os.close(bad)
+
+    monkeypatch.setattr(forkserver.ForkServer, "spawn", spawn_with_a_bad_cgroup)
+    path = tmp_path / "s.ipynb"
+    path.write_text((ROOT / "solutions" / f"{SLUG}.ipynb").read_text())
+    with private_uids(1) as (uid,):
+        try:
+            r = grader.grade_notebook(path, "s", load_assignment(SLUG), grader.GradeOptions(hidden=False), uid)
+        finally:
+            forkserver.close_all()
+    assert r.status == "graded" and r.total == r.max_total, (r.status, r.notes)
+    assert forkserver.problem and "could not set up its sandbox" in forkserver.problem

@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import json
 import os
+import queue
 import re
 import select
 import signal
@@ -46,7 +47,9 @@ READY_TIMEOUT_S = 120.0
 REPLY_TIMEOUT_S = 30.0
 MAX_FDS = 16
 
-CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWPID = 0x00020000, 0x02000000, 0x08000000, 0x20000000
+CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x02000000, 0x04000000, 0x08000000
+CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
 MS_REC, MS_PRIVATE = 0x4000, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 38
@@ -127,9 +130,9 @@ def serve(sock_fd: int, uid: int, limits: Limits) -> None:
             try:
                 pid = _fork_child(sock, fds, uid, limits)
                 children.add(pid)
-                reply = {"event": "spawned", "pid": pid}
+                reply = {"event": "spawned", "pid": pid, "seq": request["seq"]}
             except OSError as e:
-                reply = {"event": "error", "message": f"fork failed: {e}"}
+                reply = {"event": "error", "message": f"fork failed: {e}", "seq": request["seq"]}
             finally:
                 for fd in fds:
                     os.close(fd)
@@ -149,11 +152,14 @@ def _fork_child(sock: socket.socket, fds: list[int], uid: int, limits: Limits) -
     try:  # the keeper: no learner code ever runs here
         sock.close()  # learner code must never reach the template
         libc = _libc()
-        _check(libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC), "unshare")
+        _check(libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWUTS), "unshare")
         _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+        alive_r, alive_w = os.pipe()  # init sees EOF on it if this keeper is gone
         init = os.fork()
         if init == 0:
-            _init(libc, uid, limits, fds)
+            os.close(alive_w)
+            _init(libc, uid, limits, fds, alive_r)
+        os.close(alive_r)
         for fd in fds:
             os.close(fd)
         _, status = os.waitpid(init, 0)
@@ -181,7 +187,17 @@ def _mounts_below(folders) -> list[str]:
     return found
 
 
-def _init(libc, uid: int, limits: Limits, fds: list[int]) -> None:
+def _loopback_up() -> None:
+    """Bring up ``lo`` in the fork's new network namespace, as bwrap does in its own."""
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = struct.unpack("16sH", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, struct.pack("16sH", b"lo", 0)))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH", b"lo", flags | IFF_UP))
+
+
+def _init(libc, uid: int, limits: Limits, fds: list[int], keeper_alive: int) -> None:
     """Pid 1 of the submission's pid namespace, root, no learner code: fresh scratch folders (the read-only
     binds that lay below them, such as a virtual environment under /tmp, bound again on top), its own /proc
     and cgroups; then fork the submission's process, reap every orphan, and exit with the submission's status
@@ -189,6 +205,10 @@ def _init(libc, uid: int, limits: Limits, fds: list[int]) -> None:
     job_fd, result_fd, inputs_fd, out_fd, *cgroup_fds = fds
     try:
         _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "parent-death signal")
+        if select.select([keeper_alive], [], [], 0)[0]:  # the keeper died before the line above took effect
+            os._exit(EXIT_SETUP_FAILED)
+        _loopback_up()
+        socket.sethostname("sandbox")
         below = [(point, os.open(point, os.O_PATH | os.O_CLOEXEC)) for point in _mounts_below(SCRATCH)]
         for scratch in SCRATCH:
             _check(libc.mount(b"tmpfs", scratch.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
@@ -207,8 +227,7 @@ def _init(libc, uid: int, limits: Limits, fds: list[int]) -> None:
         _check(libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount proc")
         for fd in cgroup_fds:
             os.write(fd, str(os.getpid()).encode())
-        if cgroup_fds:
-            libc.unshare(CLONE_NEWCGROUP)  # hides the host's cgroup paths; not every kernel has it
+        libc.unshare(CLONE_NEWCGROUP)  # hides the host's cgroup paths (as bwrap's --unshare-cgroup-try)
         submission = os.fork()
         if submission == 0:
             _become_submission(libc, uid, limits, job_fd, result_fd, inputs_fd, out_fd)
@@ -262,9 +281,11 @@ def _become_submission(libc, uid: int, limits: Limits, job_fd: int, result_fd: i
         import random
 
         import numpy
+        import torch
 
-        random.seed()  # a fresh process would have fresh seeds (torch's default seed is fixed either way)
+        random.seed()  # fresh seeds, as a freshly started process has
         numpy.random.seed()
+        torch.seed()
     except BaseException as e:  # noqa: BLE001
         with contextlib.suppress(BaseException):
             os.write(2, f"sandbox setup failed: {type(e).__name__}: {e}\n".encode())
@@ -334,6 +355,7 @@ class ForkServer:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.exits: dict[int, int] = {}
         self.replies: list[dict] = []
+        self.seq = 0  # each spawn request's number, echoed by its reply (a late reply is never taken for another)
         self.lost = False
         self.cond = threading.Condition()
         self.log = tempfile.TemporaryFile()
@@ -384,19 +406,31 @@ class ForkServer:
                     self.replies.append(msg)
                 self.cond.notify_all()
 
-    def _reply(self, timeout: float) -> dict:
+    def _reply(self, timeout: float, seq: int | None = None) -> dict:
+        """The next reply (to request ``seq``; older replies are dropped). No reply in time: the template is
+        given up (marked lost and killed), so the next child starts from a new one."""
+        def ready() -> bool:
+            while seq is not None and self.replies and self.replies[0].get("seq") != seq:
+                self.replies.pop(0)
+            return bool(self.replies) or self.lost
+
         with self.cond:
-            if not self.cond.wait_for(lambda: self.replies or self.lost, timeout) or not self.replies:
+            if not self.cond.wait_for(ready, timeout) or not self.replies:
+                self.lost = True
+                with contextlib.suppress(OSError):
+                    self.proc.kill()
                 raise TemplateLost(f"the sandbox template stopped answering ({self.log_tail()})")
             return self.replies.pop(0)
 
     def spawn(self, job_fd: int, result_fd: int, inputs_fd: int, out_fd: int, cgroup_fds: list[int]) -> "TemplateChild":
+        self.seq += 1
         try:
-            socket.send_fds(self.sock, [json.dumps({"op": "spawn"}).encode()],
+            socket.send_fds(self.sock, [json.dumps({"op": "spawn", "seq": self.seq}).encode()],
                             [job_fd, result_fd, inputs_fd, out_fd, *cgroup_fds])
         except OSError as e:
+            self.lost = True
             raise TemplateLost(f"the sandbox template cannot be reached ({e})") from None
-        reply = self._reply(REPLY_TIMEOUT_S)
+        reply = self._reply(REPLY_TIMEOUT_S, self.seq)
         if reply.get("event") != "spawned":
             raise TemplateLost(f"the sandbox template could not start a child: {reply.get('message')}")
         return TemplateChild(self, reply["pid"])
@@ -465,6 +499,35 @@ _lock = threading.Lock()
 problem: str | None = None  # why the template is not used in this process (None while it is, or untried)
 
 
+_starter: "queue.Queue | None" = None
+
+
+def _start(uid: int, package: Path | None, limits: Limits, hide: list[Path]) -> ForkServer:
+    """Start a template from one thread that lives as long as this process: bwrap's --die-with-parent ends
+    the sandbox when the *thread* that started it ends, and a grading worker's thread may end first."""
+    global _starter
+    if _starter is None:
+        _starter = queue.Queue()
+
+        def run(requests: queue.Queue) -> None:
+            while True:
+                args, box, done = requests.get()
+                try:
+                    box.append(ForkServer(*args))
+                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    box.append(e)
+                done.set()
+
+        threading.Thread(target=run, args=(_starter,), daemon=True, name="tinyinterp-template-starter").start()
+    box: list = []
+    done = threading.Event()
+    _starter.put(((uid, package, limits, hide), box, done))
+    done.wait()
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
+
+
 def template_for(uid: int, package: Path | None, limits: Limits, hide: list[Path]) -> ForkServer | None:
     """The running template of ``uid`` (started on first use), or None when templates are off or cannot
     start here (:data:`problem` says why; the caller then starts a sandbox per child)."""
@@ -480,11 +543,18 @@ def template_for(uid: int, package: Path | None, limits: Limits, hide: list[Path
             server = None
         if server is None:
             try:
-                server = _servers[uid] = ForkServer(uid, package, limits, hide)
+                server = _servers[uid] = _start(uid, package, limits, hide)
             except (SandboxUnavailable, OSError) as e:
                 problem = str(e)[:400]
                 return None
         return server
+
+
+def retire(why: str) -> None:
+    """Stop using templates in this process (a fork could not set up its sandbox: every child starts from
+    scratch from now on, and the run says why)."""
+    global problem
+    problem = why[:400]  # the templates still running end with the batch (close_all)
 
 
 def close_all() -> None:

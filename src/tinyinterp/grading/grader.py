@@ -18,6 +18,8 @@ from .graded_copy import KIND as COPIED
 from .graded_copy import copied_reference_message, graded_package
 from .ids import display_name
 from .inputs import InputEncodingError, encode_cases, save
+from .forkserver import EXIT_SETUP_FAILED, TemplateChild
+from .forkserver import retire as retire_templates
 from .launch import sealed_fd, start_child
 from .notebook import NotebookError, read_notebook
 from .protocol import Channel, ExerciseWire, OutputLimit, case_budget, one_line, reader
@@ -28,6 +30,8 @@ STAGES = ("prepare", "start_up", "cells", "tests", "judging")  # where a submiss
 # test inputs and expected outputs (shared by a batch); from starting a child to its first message (sandbox,
 # interpreter, imports, loading the inputs); re-executing the notebook's cells; calling its functions on the
 # test cases; judging the outputs here. Children killed mid-phase count until they were killed.
+
+RETRY = object()  # a child to start again, blaming nothing (the template could not set up its sandbox)
 
 UNSAFE_NOTE = ("UNSAFE: no sandbox. This submission was graded without the sandbox (--unsafe-no-sandbox, or none "
                "available where it was graded): its code ran unsandboxed, as the grader's user, with resource limits "
@@ -208,6 +212,8 @@ class _Run:
                 self.notes.append("the whole submission ran past its time limit")
                 return
             culprit = self._one_child(deadline)
+            if culprit is RETRY:
+                continue
             if culprit is None:
                 return
 
@@ -287,6 +293,10 @@ class _Run:
             reason = "memory" if child.out_of_memory() else "crashed"
             if culprit is None and not state["learner_ran"]:
                 last = (child.output_tail(2000).strip().splitlines() or ["no output"])[-1]
+                if isinstance(proc, TemplateChild) and child.returncode == EXIT_SETUP_FAILED:
+                    retire_templates(f"a fork could not set up its sandbox ({last[:300]})")
+                    return RETRY  # again, in a sandbox of its own: nothing of the notebook ran
+
                 self._grader_error(f"the grading process ended before running any of the notebook (exit "
                                    f"{child.returncode}; its last output: {last[:300]})")
                 return None

@@ -107,6 +107,15 @@ DENIED_SYSCALLS = {
 }
 
 
+CLONE_NEWUSER = 0x10000000
+# A new user namespace gives its creator every capability inside it, the usual first step of a kernel exploit
+# (nf_tables, ...): `unshare` and `clone` with CLONE_NEWUSER fail with EPERM (the flags are the first argument
+# of both on x86-64 and arm64); `clone3`, whose flags a filter cannot see, fails with ENOSYS, so that the C
+# library falls back to `clone` (as under Docker's default profile). Other namespaces stay allowed: the
+# sandbox's template needs them, and without privileges no one else can make them.
+NAMESPACE_RULES = {"unshare": "CLONE_NEWUSER: EPERM", "clone": "CLONE_NEWUSER: EPERM", "clone3": "ENOSYS"}
+
+
 @functools.lru_cache(maxsize=None)
 def seccomp_program() -> bytes:
     """The compiled BPF program bwrap installs before it starts the child (``bwrap --seccomp FD``): allow
@@ -124,6 +133,10 @@ def seccomp_program() -> bytes:
         f.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
         for name in DENIED_SYSCALLS:
             f.add_rule(pyseccomp.ERRNO(errno.EPERM), name)
+        new_user = pyseccomp.Arg(0, pyseccomp.MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER)
+        f.add_rule(pyseccomp.ERRNO(errno.EPERM), "unshare", new_user)
+        f.add_rule(pyseccomp.ERRNO(errno.EPERM), "clone", new_user)
+        f.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")
         with tempfile.TemporaryFile() as out:
             f.export_bpf(out)
             out.seek(0)
@@ -203,7 +216,7 @@ def isolation_summary(limits: Limits, sandboxed: bool, learner_own_code: bool = 
     if sandboxed:
         return ("isolation: bubblewrap sandbox (own pid/mount/network/ipc/uts namespaces, a uid of its own per "
                 "worker and run, no capabilities, seccomp filter (no keyring, bpf, perf_event_open, userfaultfd, "
-                "io_uring, kexec), read-only Python and package, fresh /tmp, /var/tmp, /dev/shm"
+                "io_uring, kexec, user namespaces), read-only Python and package, fresh /tmp, /var/tmp, /dev/shm"
                 + ("; each submission forked from a pre-warmed template into namespaces of its own"
                    if os.environ.get("TINYINTERP_GRADER_TEMPLATE", "1") != "0" else "") + "); "
                 + base + "; " + ChildCgroups.summary(limits.max_processes))
@@ -395,7 +408,8 @@ def sandbox_argv(uid: int, package: Path | None, hide: list[Path], limits: Limit
             *([] if as_template else ["--unshare-cgroup-try"]),  # a fork joins its cgroups, then unshares
             "--die-with-parent", "--new-session", "--hostname", "sandbox",
             "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP",
-            *(["--cap-add", "CAP_SYS_ADMIN"] if as_template else []), "--seccomp", str(seccomp_fd)]
+            *(["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_NET_ADMIN"] if as_template else []),
+            "--seccomp", str(seccomp_fd)]
     made: set[Path] = set()
     bound: list[Path] = []
 
