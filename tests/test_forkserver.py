@@ -21,7 +21,7 @@ from tinyinterp.grading.assignment import load_assignment
 from tinyinterp.grading.graded_copy import graded_package
 from tinyinterp.grading.inputs import save
 from tinyinterp.grading.launch import sealed_fd, start_child
-from tinyinterp.grading.sandbox import Limits, can_isolate, private_uids
+from tinyinterp.grading.sandbox import Limits, can_bring_up_loopback, can_isolate, private_uids
 
 ROOT = Path(__file__).resolve().parents[1]
 SLUG = "01_tokens_and_embeddings"
@@ -33,13 +33,17 @@ status = dict(l.split(':', 1) for l in open('/proc/self/status') if ':' in l)
 snmp = [l.split() for l in open('/proc/net/snmp') if l.startswith('Udp:')]
 libc = ctypes.CDLL(None, use_errno=True)
 userns = (libc.unshare(0x10000000), ctypes.get_errno())  # CLONE_NEWUSER
-server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-server.bind(('127.0.0.1', 0))  # loopback is up, as in bwrap's own namespace
-server.sendto(b'x', server.getsockname())
-loopback = server.recv(1) == b'x'
-sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for _ in range(40):  # to a closed port: counted in this network namespace's /proc/net/snmp (Udp NoPorts)
-    sender.sendto(b'x', ('127.0.0.1', 9))
+try:  # loopback is up, as in bwrap's own namespace
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(('127.0.0.1', 0))
+    server.sendto(b'x', server.getsockname())
+    server.settimeout(5)
+    loopback = server.recv(1) == b'x'
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(40):  # to a closed port: counted in this network namespace's /proc/net/snmp (Udp NoPorts)
+        sender.sendto(b'x', ('127.0.0.1', 9))
+except OSError:
+    loopback = False
 writes = {}
 for target in [os.environ['TINYINTERP_CACHE'], os.path.dirname(os.__file__), sys.prefix]:
     try:
@@ -48,7 +52,8 @@ for target in [os.environ['TINYINTERP_CACHE'], os.path.dirname(os.__file__), sys
     except OSError as e:
         writes[target] = type(e).__name__
 print('PROBE' + json.dumps({
-    'uid': os.getuid(), 'pid': os.getpid(), 'tmp': os.listdir('/tmp'), 'shm': os.listdir('/dev/shm'),
+    'uid': os.getuid(), 'pid': os.getpid(), 'shm': os.listdir('/dev/shm'),
+    'tmp': [(n, os.path.isdir('/tmp/' + n), os.stat('/tmp/' + n).st_uid) for n in os.listdir('/tmp')],
     'status': {k: status[k].strip() for k in ('Uid', 'Gid', 'Groups', 'CapInh', 'CapPrm', 'CapEff', 'CapBnd',
                                               'CapAmb', 'NoNewPrivs', 'Seccomp')},
     'cache': sorted(os.listdir(os.environ['TINYINTERP_CACHE'])), 'writes': writes,
@@ -115,13 +120,16 @@ def test_each_fork_is_unprivileged_fresh_and_alone(cache_under_tmp):
         assert seen["status"] == {"Uid": f"{uid}\t{uid}\t{uid}\t{uid}", "Gid": f"{uid}\t{uid}\t{uid}\t{uid}",
                                   "Groups": "", "CapInh": "0" * 16, "CapPrm": "0" * 16, "CapEff": "0" * 16,
                                   "CapBnd": "0" * 16, "CapAmb": "0" * 16, "NoNewPrivs": "1", "Seccomp": "2"}
-        # nothing left by the first child reaches the second (/tmp holds only the folders of the cache's path)
-        assert seen["tmp"] == [cache_under_tmp.parts[2]] and seen["shm"] == []
+        # nothing left by the first child reaches the second: /tmp holds only root's folders on the way to the
+        # read-only binds below it (the cache here; a virtual environment under /tmp too, in a fresh clone)
+        assert [cache_under_tmp.parts[2], True, 0] in seen["tmp"] and seen["shm"] == [], seen["tmp"]
+        assert all(is_dir and owner == 0 for _, is_dir, owner in seen["tmp"]), seen["tmp"]
         assert seen["cache"] == ["model.pt"]  # the read-only bind below /tmp is bound again in each fork
         assert set(seen["writes"].values()) <= {"OSError", "PermissionError"}, seen["writes"]
         assert seen["processes"] == [1, seen["pid"]], seen["processes"]  # nothing else visible
         # a network namespace of its own: the first child's 40 packets are not counted in the second's
-        assert seen["udp"]["NoPorts"] == "0" and seen["tcp"] == [] and seen["loopback"], seen
+        assert seen["udp"]["NoPorts"] == "0" and seen["tcp"] == [], seen
+        assert seen["loopback"] == can_bring_up_loopback(), seen
         assert seen["hostname"] == "sandbox" and seen["userns"] == [-1, errno.EPERM], seen
     assert first["seed"] != second["seed"]  # fresh random seeds, as a fresh process has
     assert sorted(os.listdir(cache_under_tmp)) == ["model.pt"]

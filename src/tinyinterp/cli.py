@@ -297,13 +297,17 @@ def cmd_autograder(args) -> int:
     return 0
 
 
-def _add_limits(p) -> None:
+def _add_run_limits(p) -> None:
     p.add_argument("--cell-timeout", type=_positive(float), default=60.0, metavar="S",
                    help="wall-clock limit per notebook cell, seconds (default 60)")
     p.add_argument("--submission-timeout", type=_positive(float), default=300.0, metavar="S",
                    help="wall-clock limit per submission, seconds (default 300)")
     p.add_argument("--memory-gb", type=_positive(float), default=4.0, metavar="GB",
                    help="address-space limit of the learner's process (default 4)")
+
+
+def _add_limits(p) -> None:
+    _add_run_limits(p)
     p.add_argument("--root", default=None,
                    help="the book's root folder, whose solutions/ is hidden from learner code (default: search "
                         "upwards from here; none is needed: grading data ships with the package)")
@@ -383,12 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where torch is installed from first (default: the CPU build); '' for PyPI's default")
     a.add_argument("--image", metavar="NAME", help="PrairieLearn: the grader image's name (default: "
                                                    "tinyinterp-grader:<version>)")
-    a.add_argument("--cell-timeout", type=_positive(float), default=60.0, metavar="S",
-                   help="wall-clock limit per notebook cell, seconds (default 60)")
-    a.add_argument("--submission-timeout", type=_positive(float), default=300.0, metavar="S",
-                   help="wall-clock limit per submission, seconds (default 300)")
-    a.add_argument("--memory-gb", type=_positive(float), default=4.0, metavar="GB",
-                   help="address-space limit of the learner's process (default 4)")
+    _add_run_limits(a)
     a.set_defaults(func=cmd_autograder)
     return p
 

@@ -207,7 +207,8 @@ def _init(libc, uid: int, limits: Limits, fds: list[int], keeper_alive: int) -> 
         _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "parent-death signal")
         if select.select([keeper_alive], [], [], 0)[0]:  # the keeper died before the line above took effect
             os._exit(EXIT_SETUP_FAILED)
-        _loopback_up()
+        with contextlib.suppress(OSError):  # without CAP_NET_ADMIN (see sandbox.can_bring_up_loopback): lo stays down
+            _loopback_up()
         socket.sethostname("sandbox")
         below = [(point, os.open(point, os.O_PATH | os.O_CLOEXEC)) for point in _mounts_below(SCRATCH)]
         for scratch in SCRATCH:

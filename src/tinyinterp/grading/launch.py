@@ -103,6 +103,12 @@ class ChildProcess:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)  # fd-based: safe against symlinks planted in it
 
+    def reading(self, fd: int) -> "ChildProcess":
+        """Start collecting the child's stdout and stderr from ``fd`` (this child's to close)."""
+        self._reader = threading.Thread(target=self._collect, args=(fd,), daemon=True)
+        self._reader.start()
+        return self
+
     def _collect(self, fd: int) -> None:
         try:
             while not self._stop.is_set():
@@ -166,10 +172,7 @@ def start_child(module_args: list[str], *, uid: int | None, package: Path | None
     os.close(out_w)
     for fd in own_fds:
         os.close(fd)
-    child = ChildProcess(proc, uid, cgroup, workdir)
-    child._reader = threading.Thread(target=child._collect, args=(out_r,), daemon=True)
-    child._reader.start()
-    return child
+    return ChildProcess(proc, uid, cgroup, workdir).reading(out_r)
 
 
 def _start_from_template(server, job_fds: list[int], uid: int, limits: Limits) -> ChildProcess:
@@ -189,10 +192,7 @@ def _start_from_template(server, job_fds: list[int], uid: int, limits: Limits) -
         os.close(out_w)
         for fd in procs_fds:
             os.close(fd)
-    child = ChildProcess(proc, uid, cgroup, None)
-    child._reader = threading.Thread(target=child._collect, args=(out_r,), daemon=True)
-    child._reader.start()
-    return child
+    return ChildProcess(proc, uid, cgroup, None).reading(out_r)
 
 
 def _preexec(limits: Limits, cgroup_procs_fds: list[int]):

@@ -398,6 +398,19 @@ def preflight(hide: list[Path]) -> None:
     check_hidden(read_only_roots() + ([cache] if cache is not None and cache.is_dir() else []), hide)
 
 
+CAP_NET_ADMIN = 12
+
+
+def can_bring_up_loopback() -> bool:
+    """Whether this process may hand CAP_NET_ADMIN to the template (to bring up ``lo`` in each fork's network
+    namespace, as bwrap does in its own); without it, forks keep ``lo`` down (stricter)."""
+    try:
+        bounding = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("CapBnd:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(bounding.split()[1], 16) >> CAP_NET_ADMIN & 1)
+
+
 def sandbox_argv(uid: int, package: Path | None, hide: list[Path], limits: Limits, command: list[str], *,
                  seccomp_fd: int, as_template: bool = False) -> list[str]:
     """The full command line: bwrap, its mounts, setpriv to ``uid``, then ``command``. ``seccomp_fd`` holds
@@ -408,7 +421,8 @@ def sandbox_argv(uid: int, package: Path | None, hide: list[Path], limits: Limit
             *([] if as_template else ["--unshare-cgroup-try"]),  # a fork joins its cgroups, then unshares
             "--die-with-parent", "--new-session", "--hostname", "sandbox",
             "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP",
-            *(["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_NET_ADMIN"] if as_template else []),
+            *(["--cap-add", "CAP_SYS_ADMIN"] if as_template else []),
+            *(["--cap-add", "CAP_NET_ADMIN"] if as_template and can_bring_up_loopback() else []),
             "--seccomp", str(seccomp_fd)]
     made: set[Path] = set()
     bound: list[Path] = []
