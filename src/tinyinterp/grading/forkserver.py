@@ -41,7 +41,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .sandbox import Limits, SandboxUnavailable, sandbox_argv, scrubbed_env, seccomp_program
+from .sandbox import Limits, SandboxUnavailable, apply_rlimits, sandbox_argv, scrubbed_env, seccomp_program
 
 READY_TIMEOUT_S = 120.0
 REPLY_TIMEOUT_S = 30.0
@@ -114,8 +114,7 @@ def serve(sock_fd: int, uid: int, limits: Limits) -> None:
             if pid == 0:
                 break
             children.discard(pid)
-            code = os.waitstatus_to_exitcode(status)
-            sock.sendall(json.dumps({"event": "exit", "pid": pid, "code": code if code >= 0 else 128 - code}).encode())
+            sock.sendall(json.dumps({"event": "exit", "pid": pid, "code": _exit_status(status)}).encode())
         ready, _, _ = select.select([sock], [], [], 0.05)
         if not ready:
             continue
@@ -142,6 +141,19 @@ def serve(sock_fd: int, uid: int, limits: Limits) -> None:
                 os.kill(request["pid"], signal.SIGKILL)
 
 
+def _exit_status(status: int) -> int:
+    """A wait status as an exit code, a signal N as 128 + N (as bwrap and the shell report it)."""
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) not in keep:
+            with contextlib.suppress(OSError):
+                os.close(int(name))
+
+
 def _fork_child(sock: socket.socket, fds: list[int], uid: int, limits: Limits) -> int:
     """Fork the submission's keeper and return its pid. The keeper (root, in the template's namespaces)
     makes new namespaces and forks their init, which makes the mounts and forks the submission's process;
@@ -162,9 +174,7 @@ def _fork_child(sock: socket.socket, fds: list[int], uid: int, limits: Limits) -
         os.close(alive_r)
         for fd in fds:
             os.close(fd)
-        _, status = os.waitpid(init, 0)
-        code = os.waitstatus_to_exitcode(status)
-        os._exit(code if code >= 0 else 128 - code)
+        os._exit(_exit_status(os.waitpid(init, 0)[1]))
     except BaseException:  # noqa: BLE001
         os._exit(EXIT_SETUP_FAILED)
 
@@ -232,14 +242,11 @@ def _init(libc, uid: int, limits: Limits, fds: list[int], keeper_alive: int) -> 
         submission = os.fork()
         if submission == 0:
             _become_submission(libc, uid, limits, job_fd, result_fd, inputs_fd, out_fd)
-        for name in os.listdir("/proc/self/fd"):  # hold nothing open: the grader sees EOF when the child ends
-            with contextlib.suppress(OSError):
-                os.close(int(name))
+        _close_fds_except(set())  # hold nothing open: the grader sees EOF when the child ends
         while True:
             pid, status = os.wait()
             if pid == submission:
-                code = os.waitstatus_to_exitcode(status)
-                os._exit(code if code >= 0 else 128 - code)
+                os._exit(_exit_status(status))
     except BaseException as e:  # noqa: BLE001
         with contextlib.suppress(BaseException):
             os.write(out_fd, f"sandbox setup failed: {type(e).__name__}: {e}\n".encode())
@@ -250,22 +257,13 @@ def _become_submission(libc, uid: int, limits: Limits, job_fd: int, result_fd: i
                        out_fd: int) -> None:
     """The submission's process (pid 2 of its namespace): its fds, limits and session; then ``uid`` with no
     capabilities, checked; then the child's work."""
-    import resource
-
     try:
         os.dup2(out_fd, 1)
         os.dup2(out_fd, 2)
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
-        keep = {0, 1, 2, job_fd, result_fd, inputs_fd}
-        for name in os.listdir("/proc/self/fd"):
-            if int(name) not in keep:
-                with contextlib.suppress(OSError):
-                    os.close(int(name))
-        for rlimit, value in ((resource.RLIMIT_AS, limits.memory_bytes), (resource.RLIMIT_NPROC, limits.max_processes),
-                              (resource.RLIMIT_FSIZE, limits.max_file_bytes), (resource.RLIMIT_CPU, limits.cpu_seconds),
-                              (resource.RLIMIT_CORE, 0)):
-            resource.setrlimit(rlimit, (value, value))
+        _close_fds_except({0, 1, 2, job_fd, result_fd, inputs_fd})
+        apply_rlimits(limits)
         os.setsid()
         os.chdir("/tmp")
         for cap in range(64):
@@ -300,16 +298,8 @@ def _become_submission(libc, uid: int, limits: Limits, job_fd: int, result_fd: i
         import traceback
 
         traceback.print_exc()
-        _flush()
-        os._exit(1)
-    _flush()
-    os._exit(0)  # like the child's own entry point: no atexit handlers the learner registered
-
-
-def _flush() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(BaseException):
-            stream.flush()
+        child.finish(1)
+    child.finish(0)
 
 
 class _CapHeader(ctypes.Structure):
@@ -352,7 +342,7 @@ class ForkServer:
     """One worker's template: start it, ask it for children, end it."""
 
     def __init__(self, uid: int, package: Path | None, limits: Limits, hide: list[Path]) -> None:
-        self.uid, self.key = uid, (package, json.dumps(asdict(limits)), tuple(hide))
+        self.key = _server_key(package, limits, hide)
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.exits: dict[int, int] = {}
         self.replies: list[dict] = []
@@ -417,9 +407,7 @@ class ForkServer:
 
         with self.cond:
             if not self.cond.wait_for(ready, timeout) or not self.replies:
-                self.lost = True
-                with contextlib.suppress(OSError):
-                    self.proc.kill()
+                self.give_up()
                 raise TemplateLost(f"the sandbox template stopped answering ({self.log_tail()})")
             return self.replies.pop(0)
 
@@ -435,6 +423,13 @@ class ForkServer:
         if reply.get("event") != "spawned":
             raise TemplateLost(f"the sandbox template could not start a child: {reply.get('message')}")
         return TemplateChild(self, reply["pid"])
+
+    def give_up(self) -> None:
+        """A template that stopped answering: end it (its children end with it); the next child asks for a
+        new one."""
+        self.lost = True
+        with contextlib.suppress(OSError):
+            self.proc.kill()
 
     def alive(self) -> bool:
         return not self.lost and self.proc.poll() is None
@@ -481,9 +476,8 @@ class TemplateChild:
         with self.server.cond:
             self.server.cond.wait_for(lambda: self.pid in self.server.exits or self.server.lost,
                                       max(0.0, deadline - time.monotonic()))
-        if self.poll() is None:  # a template that stopped answering: end it (its children end with it)
-            self.server.proc.kill()
-            self.server.lost = True
+        if self.poll() is None:
+            self.server.give_up()
             self.poll()
         return self.returncode
 
@@ -501,6 +495,11 @@ problem: str | None = None  # why the template is not used in this process (None
 
 
 _starter: "queue.Queue | None" = None
+
+
+def _server_key(package: Path | None, limits: Limits, hide: list[Path]) -> tuple:
+    """What a template was started with: one started otherwise is not reused."""
+    return package, json.dumps(asdict(limits)), tuple(hide)
 
 
 def _start(uid: int, package: Path | None, limits: Limits, hide: list[Path]) -> ForkServer:
@@ -537,8 +536,7 @@ def template_for(uid: int, package: Path | None, limits: Limits, hide: list[Path
         return None
     with _lock:
         server = _servers.get(uid)
-        key = (package, json.dumps(asdict(limits)), tuple(hide))
-        if server is not None and (server.key != key or not server.alive()):
+        if server is not None and (server.key != _server_key(package, limits, hide) or not server.alive()):
             server.close()
             del _servers[uid]
             server = None

@@ -285,7 +285,7 @@ class _Run:
             return self._output_limit(*state["over_limit"])
         if len(self.grader_errors) > n_errors or (state["done"] and culprit is None):
             return None
-        if culprit is None and getattr(proc, "template_lost", False):  # the grader's template, not the child
+        if culprit is None and isinstance(proc, TemplateChild) and proc.template_lost:  # the grader's, not the child's
             self._grader_error("the sandbox template ended while the notebook ran")
             return None
         if culprit is None:  # the child died
@@ -296,7 +296,6 @@ class _Run:
                 if isinstance(proc, TemplateChild) and child.returncode == EXIT_SETUP_FAILED:
                     retire_templates(f"a fork could not set up its sandbox ({last[:300]})")
                     return RETRY  # again, in a sandbox of its own: nothing of the notebook ran
-
                 self._grader_error(f"the grading process ended before running any of the notebook (exit "
                                    f"{child.returncode}; its last output: {last[:300]})")
                 return None

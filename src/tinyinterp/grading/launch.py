@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import resource
 import select
 import shutil
 import signal
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from . import forkserver
 from .cgroups import ChildCgroups
-from .sandbox import Limits, kill_uid, sandbox_argv, scrubbed_env, seccomp_program
+from .sandbox import Limits, apply_rlimits, kill_uid, sandbox_argv, scrubbed_env, seccomp_program
 
 OUTPUT_TAIL_BYTES = 64 * 2**10  # of the child's stdout+stderr, kept for error messages; the rest is dropped
 
@@ -198,15 +197,9 @@ def _start_from_template(server, job_fds: list[int], uid: int, limits: Limits) -
 def _preexec(limits: Limits, cgroup_procs_fds: list[int]):
     """Run in the forked launcher before it execs (bwrap, or python): join the cgroups, set the limits.
     Only async-signal-safe work: no allocation-heavy code, no locks."""
-    lim = limits
-
     def run() -> None:
         for fd in cgroup_procs_fds:
             os.write(fd, str(os.getpid()).encode())
-        resource.setrlimit(resource.RLIMIT_AS, (lim.memory_bytes, lim.memory_bytes))
-        resource.setrlimit(resource.RLIMIT_NPROC, (lim.max_processes, lim.max_processes))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (lim.max_file_bytes, lim.max_file_bytes))
-        resource.setrlimit(resource.RLIMIT_CPU, (lim.cpu_seconds, lim.cpu_seconds))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        apply_rlimits(limits)
 
     return run

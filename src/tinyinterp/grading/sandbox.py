@@ -41,6 +41,7 @@ import functools
 import json
 import os
 import pwd
+import resource
 import shutil
 import signal
 import subprocess
@@ -63,6 +64,16 @@ class Limits:
     max_file_bytes: int = 256 * 2**20
     cpu_seconds: int = 900
     scratch_bytes: int = 256 * 2**20  # each of the sandbox's tmpfs: /tmp, /var/tmp, /dev/shm
+
+
+def apply_rlimits(lim: Limits) -> None:
+    """The child's resource limits, set on the calling process (before it execs, or before it drops to the
+    child's uid). Only async-signal-safe work: it also runs between fork and exec."""
+    resource.setrlimit(resource.RLIMIT_AS, (lim.memory_bytes, lim.memory_bytes))
+    resource.setrlimit(resource.RLIMIT_NPROC, (lim.max_processes, lim.max_processes))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (lim.max_file_bytes, lim.max_file_bytes))
+    resource.setrlimit(resource.RLIMIT_CPU, (lim.cpu_seconds, lim.cpu_seconds))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 class SandboxUnavailable(Exception):
@@ -113,7 +124,6 @@ CLONE_NEWUSER = 0x10000000
 # of both on x86-64 and arm64); `clone3`, whose flags a filter cannot see, fails with ENOSYS, so that the C
 # library falls back to `clone` (as under Docker's default profile). Other namespaces stay allowed: the
 # sandbox's template needs them, and without privileges no one else can make them.
-NAMESPACE_RULES = {"unshare": "CLONE_NEWUSER: EPERM", "clone": "CLONE_NEWUSER: EPERM", "clone3": "ENOSYS"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -205,6 +215,12 @@ def can_isolate() -> bool:
     return sandbox_problem() is None
 
 
+def _templates_enabled() -> bool:
+    from .forkserver import enabled  # imported here: forkserver builds on this module
+
+    return enabled()
+
+
 def isolation_summary(limits: Limits, sandboxed: bool, learner_own_code: bool = False) -> str:
     """One line: the isolation, and the memory, CPU and process limits this run uses."""
     cg = ChildCgroups.version() if sandboxed and ChildCgroups.available("memory") else None
@@ -218,7 +234,7 @@ def isolation_summary(limits: Limits, sandboxed: bool, learner_own_code: bool = 
                 "worker and run, no capabilities, seccomp filter (no keyring, bpf, perf_event_open, userfaultfd, "
                 "io_uring, kexec, user namespaces), read-only Python and package, fresh /tmp, /var/tmp, /dev/shm"
                 + ("; each submission forked from a pre-warmed template into namespaces of its own"
-                   if os.environ.get("TINYINTERP_GRADER_TEMPLATE", "1") != "0" else "") + "); "
+                   if _templates_enabled() else "") + "); "
                 + base + "; " + ChildCgroups.summary(limits.max_processes))
     if learner_own_code:
         return "isolation: none (your own notebook runs as you, unsandboxed); " + base

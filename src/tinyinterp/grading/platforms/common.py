@@ -12,10 +12,11 @@ import argparse
 import os
 import shlex
 import stat
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ...cli import _add_run_limits, _find_root, _Parser
 
 PLATFORM_ROOT_ENV = "TINYINTERP_PLATFORM_ROOT"  # stands in for "/" in /autograder/... and /grade/...
 CACHE_DIR = "/opt/tinyinterp-cache"  # the trained models, warmed when the image is built
@@ -45,29 +46,12 @@ class RunSettings:
                 f"{self.submission_timeout_s:g}", "--memory-gb", f"{self.memory_gb:g}"]
 
 
-def _positive(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return v
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (as the tinyinterp command)
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
-        raise SystemExit(2)
-
-
 def run_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The arguments every platform's run entry point takes: the chapter and the limits."""
+    """The arguments every platform's run entry point takes: the chapter and the limits (those of
+    ``tinyinterp grade``; misuse is one line and exit 2, as for the tinyinterp command)."""
     p = _Parser(prog=prog, description=description)
     p.add_argument("chapter", help="the chapter slug, e.g. 01_tokens_and_embeddings")
-    p.add_argument("--cell-timeout", type=_positive, default=60.0, metavar="S")
-    p.add_argument("--submission-timeout", type=_positive, default=300.0, metavar="S")
-    p.add_argument("--memory-gb", type=_positive, default=4.0, metavar="GB")
+    _add_run_limits(p)
     return p
 
 
@@ -124,10 +108,10 @@ class Graded:
 
 
 def _book_root(start: Path) -> Path | None:
-    for p in [start, *start.parents]:
-        if (p / "_config.yml").exists() and (p / "solutions").is_dir():
-            return p
-    return None
+    try:
+        return _find_root(start)
+    except FileNotFoundError:
+        return None
 
 
 def grade_submission(path: Path, slug: str, settings: RunSettings, hide: list[Path],
@@ -207,10 +191,9 @@ def write_json(path: Path, data: dict) -> None:
     """Write ``data`` atomically (the platform never reads half a file)."""
     import json
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from ..report import atomic_write
+
+    atomic_write(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 # ----- export ---------------------------------------------------------------------------------------------

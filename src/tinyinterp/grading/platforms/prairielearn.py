@@ -139,7 +139,7 @@ def not_gradable(why: str) -> dict:
 def grade(slug: str, settings) -> dict:
     from ..assignment import load_assignment
 
-    assignment = load_assignment(slug)
+    load_assignment(slug)  # an unknown chapter fails here, before the student's files are looked at
     path, problem = pick_notebook(platform_path(STUDENT), slug)
     if path is None:
         return not_gradable(problem)
