@@ -24,18 +24,18 @@ from tinyinterp.grading.sandbox import can_isolate
 ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = r'''
-import importlib, inspect, json, pkgutil
+import importlib, json, pkgutil
 import tinyinterp.exercises as E
 from tinyinterp.harness import all_exercises
 for m in pkgutil.iter_modules(E.__path__):
     importlib.import_module("tinyinterp.exercises." + m.name)
 found = {}
 for ex in all_exercises().values():
-    fns = [("mistake", m.fn) for m in ex.mistakes] + [("cases", ex.cases)]
-    for what, fn in fns:
-        n = len([p for p in inspect.signature(fn).parameters.values() if p.default is p.empty])
+    # a mistake is called as the learner's function is, by keyword; the case generator as (gen, hidden)
+    calls = [("mistake", m.fn, (), {name: None for name in ex.parameters}) for m in ex.mistakes]
+    for what, fn, args, kwargs in calls + [("cases", ex.cases, (None, None), {})]:
         try:
-            fn(*[None] * n)
+            fn(*args, **kwargs)
             found.setdefault(ex.id, []).append([what, "returned"])
         except Exception as e:
             found.setdefault(ex.id, []).append([what, type(e).__name__, str(e)])
@@ -118,3 +118,41 @@ def test_calling_the_mistake_catalogue_earns_zero_with_a_message(tmp_path):
     row = next(csv.DictReader(out.open()))
     assert float(row["bigram_log_probs"]) == 0 and float(row["embed"]) > 0, row
     assert "reaches the book's grading code (`tinyinterp.exercises.part1" in (fb / "route.md").read_text()
+
+
+# ----- library helpers that would do an exercise's work must be withheld with it ----------------------------
+def _chapter_number(slug: str) -> int:
+    return int(slug.split("_", 1)[0])
+
+
+@pytest.mark.parametrize("slug", [s for s in known_chapters() if _chapter_number(s) >= 9])
+def test_every_function_beside_a_reference_is_withheld_or_allowed_with_a_reason(slug):
+    """A reference that wraps library code, or a private helper left callable next to it, lets a learner
+    get full marks without writing the computation (e.g. a scan helper revived by rebinding the withheld
+    function it calls to the learner's own). So in every module that holds one of the chapter's references
+    or withheld functions, each top-level function is withheld for the chapter (``Exercise.reference`` or
+    ``Exercise.withheld``) or listed, with its reason, in the exercise module's ``CALLABLE_WHILE_GRADING``.
+    Chapters 9 and later; the earlier chapters' modules predate the rule."""
+    import ast
+    import importlib
+
+    exercises = load_assignment(slug).exercises
+    withheld = {f"{fn.__module__}.{fn.__qualname__}" for ex in exercises for fn in (ex.reference, *ex.withheld)}
+    allowed: dict[str, str] = {}
+    for module_name in {ex.cases.__module__ for ex in exercises}:
+        allowed.update(getattr(importlib.import_module(module_name), "CALLABLE_WHILE_GRADING", {}))
+    assert allowed, f"{slug}: its exercise module declares no CALLABLE_WHILE_GRADING"
+    for reason in allowed.values():
+        assert isinstance(reason, str) and len(reason) > 10, f"{slug}: say why it may stay callable: {reason!r}"
+    modules = {name.rsplit(".", 1)[0] for name in withheld} - {ex.cases.__module__ for ex in exercises}
+    unlisted = []
+    for module_name in sorted(modules):
+        tree = ast.parse(Path(importlib.import_module(module_name).__file__).read_text())
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                name = f"{module_name}.{node.name}"
+                if name not in withheld and name not in allowed:
+                    unlisted.append(name)
+    assert not unlisted, f"{slug}: withhold these or list them in CALLABLE_WHILE_GRADING with a reason: {unlisted}"
+    stale = [name for name in allowed if name in withheld]
+    assert not stale, f"{slug}: both withheld and allowed: {stale}"

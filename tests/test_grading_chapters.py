@@ -10,7 +10,8 @@ the day it is added), with hidden tests, in one batch run per chapter:
   the other exercises' functions to the solution's originals, so a mistake in one exercise cannot leak
   into another that calls it. The sandbox withholds the chapter's reference implementations (a function
   that reaches one earns 0: see tests/test_sandbox.py), and a mistake is a small change to its reference,
-  so the cell puts the solution's functions in the references' places first. The sandbox's copy of the
+  so the cell puts the solution's functions in the references' places first (and the functions an exercise
+  withholds with its reference, as shipped, in theirs). The sandbox's copy of the
   exercise definitions computes nothing either (tests/test_graded_copy.py), so the cell runs the catalogue's
   source as shipped, embedded by this test.
 
@@ -61,6 +62,22 @@ for _id, _name in {functions!r}.items():
             if _value is _reference:
                 setattr(_module, _attr, _stand_in)
 
+# Library functions an exercise withholds with its reference (Exercise.withheld, e.g. what the reference
+# wraps) may be what a catalogued mistake is built from: they run from their modules' source as shipped.
+for _module_name, (_source, _qualnames) in {withheld!r}.items():
+    _shipped_module = _types.ModuleType(_module_name + "_as_shipped")  # in sys.modules, as e.g. dataclasses need
+    _shipped_module.__package__ = _module_name.rsplit(".", 1)[0]
+    _sys.modules[_shipped_module.__name__] = _shipped_module
+    _shipped = vars(_shipped_module)
+    exec(compile(_source, _module_name, "exec"), _shipped)
+    _poisoned = _sys.modules[_module_name]
+    for _qualname in _qualnames:
+        _withheld = getattr(_poisoned, _qualname)
+        for _module in [m for k, m in list(_sys.modules.items()) if k.split(".")[0] == "tinyinterp"]:
+            for _attr, _value in list(vars(_module).items()):
+                if _value is _withheld:
+                    setattr(_module, _attr, _shipped[_qualname])
+
 # The sandbox's copy of the exercise definitions computes nothing (the catalogue is grading data): run the
 # catalogue's source, as shipped (embedded by the test), collecting its exercises instead of registering them.
 _catalogue = {{}}
@@ -97,8 +114,12 @@ def injected(solution: dict, assignment, k: int) -> tuple[dict, dict]:
     nb = json.loads(json.dumps(solution))
     modules = {m.fn.__module__ for m in mistakes.values() if m.fn.__module__.startswith("tinyinterp.exercises.")}
     sources = {name: Path(sys.modules[name].__file__).read_text() for name in sorted(modules)}
+    withheld = {}
+    for fn in (fn for ex in assignment.exercises for fn in ex.withheld):
+        source = Path(sys.modules[fn.__module__].__file__).read_text()
+        withheld.setdefault(fn.__module__, (source, []))[1].append(fn.__qualname__)
     nb["cells"].append(code_cell(INJECT.format(keep=keep, inject=inject, functions=assignment.function_names,
-                                               sources=sources), f"inject-{k}"))
+                                               sources=sources, withheld=withheld), f"inject-{k}"))
     return nb, mistakes
 
 

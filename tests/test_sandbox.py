@@ -494,9 +494,10 @@ def test_self_check_runs_unsandboxed_and_says_so(tmp_path):
 
 # ----- the graded copy of the package, for every registered exercise (no sandbox needed) ---------------------
 def test_every_reference_is_withheld_in_the_graded_copy_and_nothing_of_it_remains(tmp_path):
-    """All references at once (each chapter's copy withholds a subset of these): the copy has no original
-    body as text or bytecode, each reference raises ReferenceUnavailable naming itself in a fresh
-    interpreter, and cache keys are unchanged (the same cached models load in the sandbox)."""
+    """All references at once, and the functions each exercise withholds with its reference (each chapter's
+    copy withholds a subset of these): the copy has no original body as text or bytecode, each raises
+    ReferenceUnavailable naming itself in a fresh interpreter, and cache keys are unchanged (the same cached
+    models load in the sandbox)."""
     import ast
     import importlib.util
     import inspect
@@ -509,13 +510,13 @@ def test_every_reference_is_withheld_in_the_graded_copy_and_nothing_of_it_remain
     exercises = list(all_exercises().values())
     package = graded_copy.build(exercises, tmp_path)
     texts = {f: f.read_text() for f in package.rglob("*.py")}
-    for ex in exercises:
-        fn = ast.parse(textwrap.dedent(inspect.getsource(ex.reference))).body[0]
+    for ex, ref in ((ex, ref) for ex in exercises for ref in (ex.reference, *ex.withheld)):
+        fn = ast.parse(textwrap.dedent(inspect.getsource(ref))).body[0]
         body = [s for s in fn.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
-        lines = textwrap.dedent(inspect.getsource(ex.reference)).splitlines()[body[0].lineno - 1:body[-1].end_lineno]
+        lines = textwrap.dedent(inspect.getsource(ref)).splitlines()[body[0].lineno - 1:body[-1].end_lineno]
         original = "\n".join(line.strip() for line in lines)
         for f, text in texts.items():
-            assert original not in "\n".join(line.strip() for line in text.splitlines()), (ex.id, f)
+            assert original not in "\n".join(line.strip() for line in text.splitlines()), (ex.id, ref, f)
     for pyc in package.rglob("*.pyc"):  # compiled from the rewritten source, nothing else
         source, data = Path(importlib.util.source_from_cache(str(pyc))), pyc.read_bytes()
         if int.from_bytes(data[4:8], "little") == 0:  # timestamp-based: mtime and size of the source
@@ -529,12 +530,14 @@ from tinyinterp.harness import all_exercises
 from tinyinterp.checkpoint import source_hash
 raised = {{}}
 for ex in all_exercises().values():
-    required = [p for p in inspect.signature(ex.reference).parameters.values() if p.default is p.empty]
-    try:
-        ex.reference(*[None] * len(required))
-        raised[ex.id] = None
-    except Exception as e:
-        raised[ex.id] = [type(e).__name__, str(e)]
+    for i, fn in enumerate((ex.reference, *ex.withheld)):
+        required = [p for p in inspect.signature(fn).parameters.values() if p.default is p.empty]
+        key = ex.id if i == 0 else f"{{ex.id}} withheld {{i}}"
+        try:
+            fn(*[None] * len(required))
+            raised[key] = None
+        except Exception as e:
+            raised[key] = [type(e).__name__, str(e)]
 print(json.dumps({{"raised": raised, "hashes": {{k: source_hash(k) for k in {sorted(SOURCE_SETS)!r}}}}}))
 '''
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
@@ -542,8 +545,9 @@ print(json.dumps({{"raised": raised, "hashes": {{k: source_hash(k) for k in {sor
     assert p.returncode == 0, p.stderr[-2000:]
     got = json.loads(p.stdout)
     for ex in exercises:
-        name = f"{ex.reference.__module__}.{ex.reference.__qualname__}"
-        assert got["raised"][ex.id] == ["ReferenceUnavailable", name], ex.id
+        for i, fn in enumerate((ex.reference, *ex.withheld)):
+            key = ex.id if i == 0 else f"{ex.id} withheld {i}"
+            assert got["raised"][key] == ["ReferenceUnavailable", f"{fn.__module__}.{fn.__qualname__}"], key
     assert got["hashes"] == {k: source_hash(k) for k in SOURCE_SETS}
 
 

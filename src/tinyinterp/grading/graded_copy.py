@@ -49,10 +49,10 @@ def reference_name(fn) -> str:
 
 
 def reference_targets(exercises) -> dict[str, set[str]]:
-    """``{module: {qualname, ...}}`` of the references of ``exercises`` (all must live in this package)."""
+    """``{module: {qualname, ...}}`` of the references of ``exercises`` and the functions each withholds
+    with it (``Exercise.withheld``); all must live in this package."""
     targets: dict[str, set[str]] = {}
-    for ex in exercises:
-        fn = ex.reference
+    for ex, fn in ((ex, fn) for ex in exercises for fn in (ex.reference, *getattr(ex, "withheld", ()))):
         module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
         if not module or not (module == PACKAGE or module.startswith(PACKAGE + ".")):
             raise UnpoisonableReference(f"exercise {ex.id!r}: its reference {fn!r} is not defined in the "
@@ -311,7 +311,7 @@ def graded_package(assignment) -> Path:
 def copied_reference_message(case_messages, exercises) -> str | None:
     """The feedback for an exercise when any of its cases raised :class:`ReferenceUnavailable` (by type
     name, as the child reports it), else None. ``exercises``: the assignment's, to name the reference."""
-    known = {reference_name(ex.reference) for ex in exercises}
+    known = {reference_name(fn) for ex in exercises for fn in (ex.reference, *getattr(ex, "withheld", ()))}
     for m in case_messages:
         if not isinstance(m, dict) or m.get("error_type") != ReferenceUnavailable.__name__:
             continue

@@ -89,12 +89,14 @@ def name_mistake(ex: Exercise, case: Case, got: Any, expected: Any,
     fit, each must also reproduce what the candidate returned on every other case it returned
     something for (``others``), and a name is given only when exactly one survives. A candidate
     that makes mistake ``m`` agrees with ``m`` everywhere, so ``m`` always survives and no other
-    mistake can be named: nobody is told about a catalogued mistake they did not make. When the
-    cases cannot tell the suspects apart, the report stays generic.
+    mistake can be named: nobody is told about a catalogued mistake they did not make. A lone
+    suspect is checked the same way (an output with few possible values, an accuracy say, can match a
+    mistake on one case by chance). When the cases cannot tell the suspects apart, the report stays
+    generic.
     """
     suspects = [m for m in ex.mistakes if _fits(ex, m, case, got, expected)]
     for other_case, outcome in others:
-        if len(suspects) <= 1:
+        if not suspects:
             break
         if outcome.timed_out or outcome.error is not None:
             continue  # no evidence either way
@@ -105,11 +107,22 @@ def name_mistake(ex: Exercise, case: Case, got: Any, expected: Any,
 _FAILED = object()
 
 
+_OUTPUTS: dict[tuple[int, int], tuple[Mistake, Case, Any]] = {}  # (id(m), id(case)) -> (m, case, output)
+
+
 def _mistake_output(m: Mistake, case: Case) -> Any:
+    """What mistake ``m`` returns on ``case``, computed once per (mistake, case) pair while both live."""
+    hit = _OUTPUTS.get((id(m), id(case)))
+    if hit is not None and hit[0] is m and hit[1] is case:
+        return hit[2]
     try:
-        return m.fn(**copy.deepcopy(case.kwargs))
+        out = m.fn(**copy.deepcopy(case.kwargs))
     except Exception:
-        return _FAILED
+        out = _FAILED
+    if len(_OUTPUTS) >= 4096:
+        _OUTPUTS.clear()
+    _OUTPUTS[(id(m), id(case))] = (m, case, out)
+    return out
 
 
 def _fits(ex: Exercise, m: Mistake, case: Case, got: Any, expected: Any) -> bool:

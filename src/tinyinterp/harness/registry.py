@@ -44,6 +44,9 @@ class Exercise:
     importance: int = 3  # 1-5
     minutes: int = 10
     mistakes: list[Mistake] = field(default_factory=list)
+    # other functions of this package that compute the answer (say, the library function the reference
+    # wraps): while grading they are withheld like the reference, so calling them earns 0 too
+    withheld: tuple[Callable[..., Any], ...] = ()
     atol: float = 1e-5
     rtol: float = 1e-4
     time_limit_s: float = 5.0
@@ -85,6 +88,7 @@ class Exercise:
             "points": self.points, "difficulty": self.difficulty, "importance": self.importance,
             "minutes": self.minutes, "reference": f"{self.reference.__module__}.{self.reference.__qualname__}",
             "mistakes": [m.message for m in self.mistakes],
+            "withheld": [f"{f.__module__}.{f.__qualname__}" for f in self.withheld],
             "tolerance": {"atol": self.atol, "rtol": self.rtol}, "time_limit_s": self.time_limit_s,
         }
 
