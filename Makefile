@@ -77,6 +77,7 @@ bench: setup
 	$(PY) benchmarks/grading.py
 	$(PY) benchmarks/sae.py
 	$(PY) benchmarks/induction.py
+	$(PY) benchmarks/patching.py
 
 claims: setup
 	$(PY) benchmarks/claims.py

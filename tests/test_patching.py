@@ -276,3 +276,21 @@ def test_resid_patching_on_a_layernorm_mlp_model_where_inputs_differ_at_one_posi
     with torch.no_grad():
         model.blocks[0].attn.W_O[1].zero_()  # ... and nothing once the sender writes nothing
     assert path() == pytest.approx(1.0 if noising else 0.0, abs=1e-5)
+
+
+def test_heads_given_as_numpy_or_tensor_integers_are_accepted_and_booleans_are_not():
+    import numpy as np
+
+    model, clean, corrupted, metric = _induction_case(0)
+    want = P.path_patch_head_to_head(model, clean, corrupted, PREV, IND, metric)
+    for sender in [(np.int64(0), torch.tensor(1)), (torch.tensor(0), 1)]:
+        assert P.path_patch_head_to_head(model, clean, corrupted, sender, IND, metric) == pytest.approx(want)
+    with pytest.raises(ValueError, match="is not a \\(layer, head\\)"):
+        P.path_patch_head_to_head(model, clean, corrupted, (False, True), IND, metric)
+    z = torch.randn(2, 3, 4, 5)
+    torch.testing.assert_close(P.ablate_head_z(z, torch.tensor(2), "zero"), P.ablate_head_z(z, 2, "zero"))
+    for bad in [True, 4, 1.0, torch.tensor([1])]:
+        with pytest.raises(ValueError, match="head must be an int"):
+            P.ablate_head_z(z, bad, "zero")
+    logits = P.run_with_head_ablated(model, clean, torch.tensor(1), np.int64(2), "zero")
+    torch.testing.assert_close(logits, P.run_with_head_ablated(model, clean, 1, 2, "zero"))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from typing import Callable, Sequence
 
 import torch
@@ -174,9 +175,20 @@ def patch_head_by_pos(
 
 
 # ----- path patching ---------------------------------------------------------------------------------------
+def _as_index(x) -> int | None:
+    """``x`` as a Python int when it is an integer (an int, a NumPy integer, a 0-dim integer tensor such as
+    ``argmax()`` returns), else None. ``True``/``False`` are not indices."""
+    if isinstance(x, bool) or (isinstance(x, Tensor) and (x.ndim != 0 or x.dtype == torch.bool)):
+        return None
+    try:
+        return operator.index(x)
+    except TypeError:
+        return None
+
+
 def _check_head(model: HookedTransformer, name: str, head: tuple[int, int]) -> tuple[int, int]:
-    ok = isinstance(head, (tuple, list)) and len(head) == 2 and all(isinstance(i, int) for i in head)
-    layer, h = head if ok else (-1, -1)
+    ok = isinstance(head, (tuple, list)) and len(head) == 2 and all(_as_index(i) is not None for i in head)
+    layer, h = tuple(map(_as_index, head)) if ok else (-1, -1)
     if not (0 <= layer < model.cfg.n_layers and 0 <= h < model.cfg.n_heads):
         raise ValueError(f"{name}={head} is not a (layer, head) of this model "
                          f"({model.cfg.n_layers} layers x {model.cfg.n_heads} heads)")
@@ -296,8 +308,66 @@ def attribution_patch_resid_by_layer_pos(
     return _attribution(model, clean_tokens, corrupted_tokens, metric, "resid_pre", (0, 2), noising)
 
 
+# ----- ablation: what replaces a head's output -------------------------------------------------------------
+ABLATIONS = ("zero", "mean", "resample")
+
+
+def ablate_head_z(
+    z: Float[Tensor, "batch pos n_heads d_head"], head: int, kind: str,
+    z_reference: Float[Tensor, "ref_batch ref_pos n_heads d_head"] | None = None,
+) -> Float[Tensor, "batch pos n_heads d_head"]:
+    """A copy of ``z`` (one layer's ``hook_z``) with head ``head``'s slice replaced, the other heads untouched:
+
+    - ``"zero"``: by zeros (``z_reference`` is ignored);
+    - ``"mean"``: by the head's mean over the batch *and* the positions of ``z_reference`` (a run on
+      other inputs), one ``d_head`` vector for every position;
+    - ``"resample"``: by ``z_reference[:, :, head]``, the head's output on another input of the same shape.
+    """
+    if kind not in ABLATIONS:
+        raise ValueError(f"kind must be one of {ABLATIONS}, got {kind!r}")
+    if not isinstance(z, Tensor) or z.ndim != 4:
+        raise ValueError(f"z must be [batch, pos, n_heads, d_head], got {getattr(z, 'shape', type(z).__name__)}")
+    if _as_index(head) is None or not 0 <= _as_index(head) < z.shape[2]:
+        raise ValueError(f"head must be an int in 0..{z.shape[2] - 1}, got {head!r}")
+    head = _as_index(head)
+    if kind != "zero":
+        ok = isinstance(z_reference, Tensor) and z_reference.ndim == 4 and z_reference.shape[2:] == z.shape[2:]
+        if not ok or (kind == "resample" and z_reference.shape != z.shape):
+            want = "the shape of z" if kind == "resample" else "[*, *, n_heads, d_head] like z"
+            raise ValueError(f"{kind}-ablation needs z_reference of {want} {tuple(z.shape)}, "
+                             f"got {getattr(z_reference, 'shape', type(z_reference).__name__)}")
+    out = z.clone()
+    if kind == "zero":
+        out[:, :, head] = 0.0
+    elif kind == "mean":
+        out[:, :, head] = z_reference[:, :, head].mean(dim=(0, 1))
+    else:
+        out[:, :, head] = z_reference[:, :, head]
+    return out
+
+
+def run_with_head_ablated(
+    model: HookedTransformer, tokens: Int[Tensor, "batch pos"], layer: int, head: int, kind: str,
+    reference_tokens: Int[Tensor, "ref_batch ref_pos"] | None = None,
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """Logits on ``tokens`` with one head ablated by :func:`ablate_head_z`; its reference ``z`` comes
+    from a run on ``reference_tokens`` (needed for ``"mean"`` and ``"resample"``)."""
+    layer, head = _check_head(model, "(layer, head)", (layer, head))
+    name = full_hook_name("z", layer)
+    z_ref = None
+    if kind != "zero":
+        if not isinstance(reference_tokens, Tensor):
+            raise ValueError(f"{kind}-ablation needs reference_tokens (the inputs its replacement comes from)")
+        with torch.no_grad():
+            _, cache = model.run_with_cache(reference_tokens, names_filter=[name])
+        z_ref = cache[name]
+    with torch.no_grad():
+        return model.run_with_hooks(tokens, [(name, lambda z, hook: ablate_head_z(z, head, kind, z_ref))])
+
+
 __all__ = [
     "logit_diff", "normalised_metric", "patch_hook", "patch_resid_by_layer_pos", "patch_head_outputs",
     "patch_head_by_pos", "head_write", "head_input", "path_patch_head_to_head", "path_patch_head_to_head_keys",
     "metric_and_gradients", "attribution_patch_heads", "attribution_patch_resid_by_layer_pos",
+    "ABLATIONS", "ablate_head_z", "run_with_head_ablated",
 ]

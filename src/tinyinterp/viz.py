@@ -1,4 +1,4 @@
-"""Figures for the book: attention patterns (static and interactive) and loss curves.
+"""Figures for the book: attention patterns (static and interactive), patching heat maps and loss curves.
 
 Every interactive view also draws a static matplotlib figure, so the built site (no kernel)
 still shows something useful.
@@ -59,6 +59,39 @@ def plot_attention_grid(
         fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
+
+
+def plot_patching(
+    values: Float[Tensor, "rows cols"], x_labels: Sequence[str], y_labels: Sequence[str], title: str = "",
+    xlabel: str = "", ylabel: str = "", ax=None, annotate: bool | None = None,
+):
+    """A patching result as a heat map on the normalised scale (0 = corrupted run, 1 = clean run):
+    a diverging map centred on 0, white where patching changed nothing, red towards the clean run, blue
+    past the corrupted one. ``annotate`` writes each cell's value (default: when there are <= 40 cells)."""
+    values = torch.as_tensor(values).detach().cpu().float()
+    if values.ndim != 2 or values.shape != (len(y_labels), len(x_labels)):
+        raise ValueError(f"need a [rows, cols] tensor with one label per row and column; got "
+                         f"{list(values.shape)}, {len(y_labels)} row and {len(x_labels)} column labels")
+    fig = None
+    if ax is None:
+        rows, cols = values.shape
+        fig, ax = plt.subplots(figsize=(min(12.0, 2.0 + 0.28 * cols), 1.4 + 0.4 * rows))
+    bound = max(1.0, float(values.abs().max()))
+    im = ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
+    ax.set_xticks(range(len(x_labels)), list(x_labels), rotation=90 if len(x_labels) > 8 else 0, fontsize=8)
+    ax.set_yticks(range(len(y_labels)), list(y_labels), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if annotate if annotate is not None else values.numel() <= 40:
+        for (i, j), v in zip(torch.cartesian_prod(torch.arange(values.shape[0]), torch.arange(values.shape[1])).tolist(),
+                             values.flatten().tolist()):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if abs(v) > 0.6 * bound else "black")
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="normalised metric")
+    if fig is not None:
+        fig.tight_layout()
+    return ax.figure
 
 
 def stack_patterns(cache, n_layers: int, batch_index: int = 0) -> Float[Tensor, "n_layers n_heads q k"]:

@@ -18,6 +18,7 @@ BUILDERS = {
     "induction": ("tinyinterp.induction", "induction_model", {}),
     "sae": ("tinyinterp.sae_lm", "lm_sae", {}),
     "sae_topk": ("tinyinterp.sae_lm", "lm_sae", {"topk": True}),
+    "brackets": ("tinyinterp.brackets", "bracket_model", {}),
 }
 
 # chapter -> the models its notebook loads (tests/test_platforms.py checks this against solutions/).
@@ -31,6 +32,9 @@ CHAPTER_MODELS = {
     "06_induction_heads": ["induction"],
     "07_superposition": [],
     "08_sparse_autoencoders": ["part1", "sae"],
+    "09_activation_patching": ["induction", "part1"],
+    "10_path_and_attribution_patching": ["induction", "part1"],
+    "11_probes_and_steering": ["brackets"],
 }
 
 
