@@ -22,40 +22,44 @@ MAX_PLAYERS = 20  # exact enumeration evaluates value_fn 2 ** n_players times
 
 
 def integrated_gradients(
-    f: Callable[[Tensor], Tensor], x: Float[Tensor, "*shape"], baseline: Float[Tensor, "*shape"], steps: int = 64,
-) -> Float[Tensor, "*shape"]:
-    """Integrated gradients of ``f`` at one input ``x`` (any shape), against ``baseline`` (same shape).
+    f: Callable[[Tensor], Tensor], x: Float[Tensor, "batch *shape"], baseline: Float[Tensor, "batch *shape"],
+    steps: int = 64,
+) -> Float[Tensor, "batch *shape"]:
+    """Integrated gradients of ``f`` at each row of ``x`` against the same row of ``baseline``.
 
-    ``f`` maps a batch ``[batch, *shape]`` to ``[batch]`` (one scalar output per input). The integral
-    over ``alpha`` in [0, 1] of ``grad f(baseline + alpha (x - baseline))`` is taken with the midpoint
-    rule on ``steps`` points, evaluated as one batch; returns ``(x - baseline) * mean gradient``,
-    shaped like ``x``, detached. Exact for ``f`` affine; the completeness gap
-    ``sum - (f(x) - f(baseline))`` shrinks as ``1 / steps ** 2`` for smooth ``f``."""
+    ``f`` maps a batch ``[batch, *shape]`` to ``[batch]`` (one scalar output per input); ``x`` and
+    ``baseline`` are ``[batch, *shape]`` (one input: batch 1). The integral over ``alpha`` in [0, 1] of
+    ``grad f(baseline + alpha (x - baseline))`` is taken with the midpoint rule on ``steps`` points, all
+    ``steps * batch`` points evaluated as one batch; returns ``(x - baseline) * mean gradient``, shaped
+    like ``x``, detached. Exact for ``f`` affine; the completeness gap ``attributions.sum(row) -
+    (f(x) - f(baseline))`` shrinks as ``1 / steps ** 2`` for smooth ``f``."""
     if not callable(f):
         raise TypeError(f"f must be callable (a batch [batch, *shape] -> [batch]), got {type(f).__name__}")
     for name, t in (("x", x), ("baseline", baseline)):
         if not isinstance(t, Tensor) or not t.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got "
                             f"{t.dtype if isinstance(t, Tensor) else type(t).__name__}")
+    if x.ndim < 1 or len(x) == 0:
+        raise ValueError(f"x must be [batch, *shape] with batch >= 1, got shape {tuple(x.shape)}")
     if x.shape != baseline.shape:
         raise ValueError(f"baseline must have x's shape {tuple(x.shape)}, got {tuple(baseline.shape)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     x, baseline = x.detach(), baseline.detach().to(x.dtype)
     alphas = (torch.arange(steps, dtype=x.dtype) + 0.5) / steps
-    path = baseline + alphas.view(-1, *[1] * x.ndim) * (x - baseline)  # [steps, *shape]
+    path = (baseline + alphas.view(-1, *[1] * x.ndim) * (x - baseline)).flatten(0, 1)  # [steps * batch, *shape]
     with torch.enable_grad():
         path.requires_grad_(True)
         out = f(path)
-        if not isinstance(out, Tensor) or out.shape != (steps,):
-            raise ValueError(f"f must map [batch, *shape] to [batch]: on a batch of {steps} it returned "
+        if not isinstance(out, Tensor) or out.shape != (len(path),):
+            raise ValueError(f"f must map [batch, *shape] to [batch]: on a batch of {len(path)} it returned "
                              f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
         if not out.requires_grad:  # f does not depend on its input
             return torch.zeros_like(x)
         (grads,) = torch.autograd.grad(out.sum(), path, allow_unused=True)
     if grads is None:
         return torch.zeros_like(x)
-    return ((x - baseline) * grads.mean(0)).detach()
+    return ((x - baseline) * grads.view(steps, *x.shape).mean(0)).detach()
 
 
 def _coalitions(n_players: int) -> Bool[Tensor, "2**n n"]:
