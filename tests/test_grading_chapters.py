@@ -55,12 +55,14 @@ for _name in {keep!r}:  # the other exercises call the solution's functions, nev
 # While grading, the chapter's reference implementations are withheld (copying is not solving), and the
 # catalogued mistakes are written as small changes to them: here they call the solution's functions instead
 # (every name the package binds to a reference is rebound).
-for _id, _name in {functions!r}.items():
-    _reference, _stand_in = _all_exercises()[_id].reference, _solution_function(_name)
+def _rebind(_old, _new):  # every name the package binds to _old now names _new
     for _module in [m for k, m in list(_sys.modules.items()) if k.split(".")[0] == "tinyinterp"]:
         for _attr, _value in list(vars(_module).items()):
-            if _value is _reference:
-                setattr(_module, _attr, _stand_in)
+            if _value is _old:
+                setattr(_module, _attr, _new)
+
+for _id, _name in {functions!r}.items():
+    _rebind(_all_exercises()[_id].reference, _solution_function(_name))
 
 # Library functions an exercise withholds with its reference (Exercise.withheld, e.g. what the reference
 # wraps) may be what a catalogued mistake is built from: they run from their modules' source as shipped.
@@ -72,11 +74,7 @@ for _module_name, (_source, _qualnames) in {withheld!r}.items():
     exec(compile(_source, _module_name, "exec"), _shipped)
     _poisoned = _sys.modules[_module_name]
     for _qualname in _qualnames:
-        _withheld = getattr(_poisoned, _qualname)
-        for _module in [m for k, m in list(_sys.modules.items()) if k.split(".")[0] == "tinyinterp"]:
-            for _attr, _value in list(vars(_module).items()):
-                if _value is _withheld:
-                    setattr(_module, _attr, _shipped[_qualname])
+        _rebind(getattr(_poisoned, _qualname), _shipped[_qualname])
 
 # The sandbox's copy of the exercise definitions computes nothing (the catalogue is grading data): run the
 # catalogue's source, as shipped (embedded by the test), collecting its exercises instead of registering them.
