@@ -59,7 +59,7 @@ sandbox-deps:
 	  else echo "note: bubblewrap is missing and this is not root: the sandbox tests will be skipped"; fi
 
 test-unit: setup sandbox-deps
-	$(VENV)/bin/pytest -n $(JOBS) tests --ignore=tests/site -q
+	$(VENV)/bin/pytest -n $(JOBS) --dist loadgroup tests --ignore=tests/site -q
 
 test-notebooks: setup
 	TINYINTERP_STRICT=1 $(VENV)/bin/pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-current-env \
@@ -78,6 +78,7 @@ bench: setup
 	$(PY) benchmarks/sae.py
 	$(PY) benchmarks/induction.py
 	$(PY) benchmarks/patching.py
+	$(PY) benchmarks/scaling.py
 
 claims: setup
 	$(PY) benchmarks/claims.py

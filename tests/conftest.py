@@ -34,3 +34,13 @@ def small_model() -> HookedTransformer:
                 p.add_(torch.randn(p.shape, generator=gen) * 0.1)
     model.eval()
     return model
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that share a module-scoped fixture (a graded batch, a built wheel, an export) run on one
+    pytest-xdist worker (``--dist loadgroup``, as the Makefile runs them), so the fixture is built once,
+    not once per worker."""
+    for item in items:
+        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        if any(d and d[-1].scope == "module" for d in defs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -11,6 +11,8 @@ import torch
 from tinyinterp.config import TransformerConfig
 from tinyinterp.grading import inputs as I
 from tinyinterp.harness import Case, all_exercises
+from tinyinterp.harness.bound import BoundFunction
+from tinyinterp.harness.precision import float_dtypes, to_float64
 from tinyinterp.hooks import ActivationCache
 from tinyinterp.model import HookedTransformer
 
@@ -39,6 +41,9 @@ def same_structure(a, b, where=""):
             same_structure(a[k], b[k], f"{where}[{k!r}]")
     elif isinstance(a, ActivationCache):
         same_structure(dict(a.items()), dict(b.items()), where)
+    elif isinstance(a, BoundFunction):
+        assert a.func is b.func, where
+        same_structure(a.bound, b.bound, f"{where}.bound")
     elif isinstance(a, torch.nn.Module):
         assert a.cfg == b.cfg and a.training == b.training, where
         sa, sb = a.state_dict(), b.state_dict()
@@ -86,7 +91,7 @@ def test_the_book_uses_every_tagged_kind():
 
     for ex in EXERCISES:
         walk(I.encode_cases({ex.id: ex.public_cases() + ex.hidden_cases()}))
-    assert {"model", "activation_cache"} <= seen and models <= I.MODEL_CLASSES
+    assert {"model", "activation_cache", "function"} <= seen and models <= I.MODEL_CLASSES
 
 
 def test_unsupported_input_is_refused_with_a_message_naming_it():
@@ -119,3 +124,50 @@ def test_a_model_with_hooks_attached_is_refused():
     model.hook_dict["hook_embed"].add_hook(lambda x, hp: x)
     with pytest.raises(I.InputEncodingError, match="hooks"):
         I.encode(model)
+
+
+def _tiny_model():
+    return HookedTransformer(TransformerConfig(d_vocab=5, n_ctx=4, d_model=8, n_layers=1, n_heads=2, d_head=4,
+                                               d_mlp=8))
+
+
+def _first_logit(tokens, model, position=0):  # a module-level function of the tests, not of tinyinterp
+    return model(tokens)[:, position, 0]
+
+
+def test_a_bound_function_travels_as_its_path_and_plain_arguments():
+    from tinyinterp.functional import gelu
+
+    f = BoundFunction(gelu)
+    encoded = I.encode({"f": f})
+    assert encoded["f"] == {I.TAG: "function", "path": "tinyinterp.functional:gelu", "bound": {}}
+    g = round_trip(encoded)["f"]
+    x = torch.randn(4)
+    assert isinstance(g, BoundFunction) and g.func is gelu and torch.equal(g(x), f(x))
+
+
+def test_a_bound_model_is_made_float64_for_the_reference():
+    from tinyinterp.reviews import score_of_embeddings
+
+    f = BoundFunction(score_of_embeddings, model=_tiny_model())
+    assert float_dtypes({"f": f}) == {torch.float32}
+    g = to_float64(f)
+    assert g.func is score_of_embeddings and float_dtypes(g) == {torch.float64}
+    assert f.bound["model"].W_E.dtype == torch.float32  # the original is untouched
+
+
+def test_only_the_packages_own_functions_can_be_bound_or_named():
+    for func in (lambda x: x, _first_logit, print, torch.sigmoid):
+        with pytest.raises(ValueError, match="module-level function of the tinyinterp package"):
+            BoundFunction(func)
+    from tinyinterp.harness.judge import judge_runs
+
+    with pytest.raises(ValueError, match="grading code"):
+        BoundFunction(judge_runs)
+    forged = I.encode({"f": BoundFunction(__import__("tinyinterp.functional").functional.gelu)})
+    for path in ("os:system", "builtins:eval", "tinyinterp.functional:os", "tinyinterp.functional:nope",
+                 "tinyinterp.nope:f", "tinyinterp.functional:gelu.__globals__",
+                 "tinyinterp.harness.judge:judge_runs"):
+        forged["f"]["path"] = path
+        with pytest.raises(I.InputEncodingError, match="function input"):
+            I.decode(forged)

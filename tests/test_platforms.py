@@ -5,6 +5,7 @@ Schema (with the page it comes from). Grading runs in the bubblewrap sandbox whe
 (root + bwrap), as `tinyinterp grade` does; otherwise the results must say UNSAFE.
 """
 
+import ast
 import json
 import os
 import re
@@ -461,13 +462,26 @@ def test_prairielearn_uuids_differ_between_chapters(tmp_path):
     assert len(uuids) == len(CHAPTERS)
 
 
+def _literal(source: str):
+    """The value a keyword argument's source text spells, or the text itself when it is not a literal."""
+    try:
+        return ast.literal_eval(source.strip())
+    except (ValueError, SyntaxError):
+        return source.strip()
+
+
 @pytest.mark.parametrize("slug", CHAPTERS)
 def test_every_model_a_chapter_loads_is_warmed(slug):
+    """Each call in the solution notebook of a function that BUILDERS names matches exactly one builder
+    (its keyword arguments, progress aside, written as the builder's), and that builder is warmed."""
     code = "\n".join("".join(c["source"]) for c in json.loads(solution(slug))["cells"] if c["cell_type"] == "code")
     used = set()
-    for name, (_, function, kwargs) in BUILDERS.items():
-        calls = re.findall(rf"\b{function}\(([^)]*)\)", code)
-        used |= {name for args in calls if ("topk=True" in args) == bool(kwargs.get("topk"))}
+    for function in {f for _, f, _ in BUILDERS.values()}:
+        for args in re.findall(rf"\b{function}\(([^)]*)\)", code):
+            given = {k: _literal(v) for k, v in re.findall(r"(\w+)\s*=\s*([^,]+)", args) if k != "progress"}
+            match = [name for name, (_, f, kwargs) in BUILDERS.items() if f == function and given == kwargs]
+            assert len(match) == 1, f"{slug}: {function}({args}) is no model that warm.BUILDERS builds"
+            used.add(match[0])
     assert slug in CHAPTER_MODELS and used <= set(CHAPTER_MODELS[slug]), used
 
 

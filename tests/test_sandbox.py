@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyinterp.grading.sandbox import BASE_UID, N_UIDS, can_isolate
+from tinyinterp.grading.sandbox import BASE_UID, N_UIDS, ORACLE_PACKAGES, can_isolate, oracle_package_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
 SLUG = "01_tokens_and_embeddings"
@@ -145,6 +145,8 @@ def alive(seen: dict) -> list:
 
 
 # ----- one batch of hostile submissions ---------------------------------------------------------------------
+SUBMODULE = {"captum": "attr", "shap": "explainers", "scipy": "stats", "sklearn": "linear_model"}
+
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile")
@@ -201,6 +203,14 @@ def batch(tmp_path_factory):
             "    _s = socket.socket(socket.AF_UNIX)\n"
             "    try:\n        _s.connect(_address)\n        LEAK.append('connected to ' + repr(_address))\n"
             "    except OSError:\n        pass\n" % (str(sockdir / "root-service.sock"), f"\0tinyinterp-test-{token}")),
+        # the tests' oracle packages (dev extra) would do Part V's exercises: the child must not import them
+        "oracles": attack(
+            "import importlib, os\nfor _m in %r:\n"
+            "    try:\n        importlib.import_module(_m)\n        LEAK.append('imported ' + _m)\n"
+            "    except ImportError:\n        pass\n"
+            "for _d in %r:\n    try:\n        open(os.path.join(_d, '__init__.py'), 'w').write('x')\n"
+            "        LEAK.append('wrote into ' + _d)\n    except OSError:\n        pass\n"
+            % ([f"{d.name}.{SUBMODULE[d.name]}" for d in oracle_package_dirs()], [str(d) for d in oracle_package_dirs()])),
         # where the old grader read the child's output, job and inputs: FIFOs (a read hangs) and
         # symlinks to a root-only file; then megabytes of output and a crash (the grader reads the log)
         "fifos": add_cell(SOLUTION,
@@ -262,7 +272,9 @@ def test_a_batch_of_hostile_submissions(batch):
         problems.append(f"the gradebook's isolation column: {[r['isolation'] for r in rows.values()]}")
     if points(rows["correct"]) != FULL:
         problems.append(f"the honest submission lost points: {feedback['correct'][-800:]}")
-    for name in ("secrets", "visibility", "sockets"):  # the attack finds nothing
+    if len(oracle_package_dirs()) != len(ORACLE_PACKAGES):  # the dev extra installs them all (make setup)
+        problems.append(f"oracle packages not found to hide: {oracle_package_dirs()}")
+    for name in ("secrets", "visibility", "sockets", "oracles"):  # the attack finds nothing
         if points(rows[name]) != FULL or rows[name]["status"] != "graded":
             problems.append(f"{name}: {feedback[name][-800:]}")
     if batch["hits"]:

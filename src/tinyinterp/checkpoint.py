@@ -41,7 +41,8 @@ def load_checkpoint(path: str | Path) -> tuple[HookedTransformer, dict]:
 
 # The package source files each kind of cached artifact depends on (its cache key hashes them).
 SOURCE_SETS = {"model": _CODE_FILES, "induction": ("induction.py",), "sae": ("sae.py", "sae_lm.py"),
-               "brackets": ("brackets.py",)}
+               "brackets": ("brackets.py",), "reviews": ("reviews.py",),
+               "shortcut": ("reviews.py", "shortcut.py")}
 # In a graded copy of the package (see tinyinterp.grading.graded_copy), whose reference implementations are
 # withheld, this file records the hash of each SOURCE_SETS entry as shipped, so cache keys do not change.
 SOURCE_HASHES_FILE = "_source_hashes.json"

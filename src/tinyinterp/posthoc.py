@@ -1,4 +1,11 @@
-"""Post-hoc attributions (Part V groundwork): integrated gradients and exact Shapley values.
+"""Post-hoc attributions (Part V, chapter 12): gradients, integrated gradients, LIME and Shapley values.
+
+Gradient methods take ``f`` mapping a batch ``[batch, *shape]`` to ``[batch]``: :func:`saliency` (Simonyan
+et al. 2014), :func:`gradient_times_input`, :func:`integrated_gradients`. Removal methods take a *value
+function* of coalitions: :func:`shapley_values` (exact, one bool mask at a time), and, with a batched
+``value_fn`` (bool masks ``[n_samples, n_players]`` -> ``[n_samples]``), :func:`lime` (Ribeiro et al. 2016)
+and :func:`kernel_shap` (Lundberg & Lee 2017). :func:`token_attributions` applies each of them to the
+review classifier of :mod:`tinyinterp.reviews`, one number per token.
 
 Two functions with pinned signatures that outside tools may rely on:
 
@@ -15,10 +22,51 @@ import math
 from typing import Callable
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from . import reviews as R
+
 MAX_PLAYERS = 20  # exact enumeration evaluates value_fn 2 ** n_players times
+
+
+def _check_f_x(f, x, name="x") -> None:
+    if not callable(f):
+        raise TypeError(f"f must be callable (a batch [batch, *shape] -> [batch]), got {type(f).__name__}")
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got "
+                        f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
+    if x.ndim < 1 or len(x) == 0:
+        raise ValueError(f"{name} must be [batch, *shape] with batch >= 1, got shape {tuple(x.shape)}")
+
+
+def _check_output(out, n: int) -> None:
+    if not isinstance(out, Tensor) or out.shape != (n,):
+        raise ValueError(f"f must map [batch, *shape] to [batch]: on a batch of {n} it returned "
+                         f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
+
+
+def saliency(f: Callable[[Tensor], Tensor], x: Float[Tensor, "batch *shape"]) -> Float[Tensor, "batch *shape"]:
+    """The raw, signed gradient ``d f(x)_b / d x_b`` for each row ``b`` of ``x`` (Simonyan et al. 2014 take
+    its absolute value; we keep the sign). ``f`` maps ``[batch, *shape]`` to ``[batch]``, rows independent.
+    Shaped like ``x``, detached; zeros where ``f`` does not depend on ``x``."""
+    _check_f_x(f, x)
+    x = x.detach().clone()
+    with torch.enable_grad():
+        x.requires_grad_(True)
+        out = f(x)
+        _check_output(out, len(x))
+        if not out.requires_grad:
+            return torch.zeros_like(x)
+        (grad,) = torch.autograd.grad(out.sum(), x, allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad.detach()
+
+
+def gradient_times_input(f: Callable[[Tensor], Tensor], x: Float[Tensor, "batch *shape"],
+                         ) -> Float[Tensor, "batch *shape"]:
+    """``x * saliency(f, x)``: the first-order Taylor share of each input in ``f(x) - f(0)`` (exact for
+    ``f`` linear without bias; integrated gradients with a zero baseline and one step)."""
+    return x.detach() * saliency(f, x)
 
 
 def integrated_gradients(
@@ -97,4 +145,217 @@ def shapley_values(value_fn: Callable[[Tensor], float], n_players: int) -> Float
     return phi
 
 
-__all__ = ["integrated_gradients", "shapley_values", "MAX_PLAYERS"]
+# ----- LIME and KernelSHAP: weighted linear surrogates on coalitions ----------------------------------------
+def _check_batched_value_fn(value_fn, name: str, n: int, what: str) -> int:
+    if not callable(value_fn):
+        raise TypeError(f"value_fn must be callable (bool masks [n_samples, {what}] -> [n_samples]), "
+                        f"got {type(value_fn).__name__}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{name} must be a positive int, got {n!r}")
+    return n
+
+
+def _evaluate(value_fn, masks: Tensor) -> Float[Tensor, "n_samples"]:
+    out = value_fn(masks.clone())
+    out = torch.as_tensor(out.detach() if isinstance(out, Tensor) else out, dtype=torch.float64)
+    if out.shape != (len(masks),):
+        raise ValueError(f"value_fn must map bool masks [n_samples, n] to [n_samples]: on {len(masks)} masks it "
+                         f"returned shape {tuple(out.shape)}")
+    if not torch.isfinite(out).all():
+        raise ValueError("value_fn returned a non-finite value for some coalition")
+    return out
+
+
+def lime_kernel(masks: Bool[Tensor, "n_samples n"], kernel_width: float) -> Float[Tensor, "n_samples"]:
+    """LIME's proximity weight of each coalition: ``exp(-d ** 2 / kernel_width ** 2)`` with ``d`` the fraction
+    of features switched off (its distance from the all-present input, 0 .. 1)."""
+    d = 1.0 - masks.double().mean(1)
+    return torch.exp(-(d ** 2) / kernel_width ** 2)
+
+
+def lime_surrogate(masks: Bool[Tensor, "n_samples n"], outputs: Float[Tensor, "n_samples"], kernel_width: float = 0.25,
+             ridge: float = 1e-6) -> Float[Tensor, "n"]:
+    """LIME's surrogate on given samples: the weighted least-squares fit ``outputs ~ b + masks @ w`` with the
+    weights of :func:`lime_kernel`, a ridge penalty ``ridge * |w| ** 2`` (not on the intercept ``b``).
+    Returns ``w``, computed in float64, in ``outputs``' dtype. Closed form:
+    ``(Z^T K Z + ridge I') ^-1 Z^T K y`` with ``Z = [1, masks]``."""
+    if not isinstance(masks, Tensor) or masks.dtype != torch.bool or masks.ndim != 2 or len(masks) == 0:
+        raise TypeError(f"masks must be a bool tensor [n_samples, n], got "
+                        f"{(masks.dtype, tuple(masks.shape)) if isinstance(masks, Tensor) else type(masks).__name__}")
+    if not isinstance(outputs, Tensor) or outputs.shape != (len(masks),) or not torch.isfinite(outputs).all():
+        raise ValueError(f"outputs must be finite numbers [n_samples={len(masks)}]")
+    for name, v, low in (("kernel_width", kernel_width, 0.0), ("ridge", ridge, -1e-300)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not v > low:
+            raise ValueError(f"{name} must be a finite number > {max(low, 0)}, got {v!r}")
+    z = torch.cat([torch.ones(len(masks), 1, dtype=torch.float64), masks.double()], 1)
+    k = lime_kernel(masks, kernel_width)
+    penalty = torch.eye(z.shape[1], dtype=torch.float64) * ridge
+    penalty[0, 0] = 0.0
+    coef = torch.linalg.solve(z.T @ (k[:, None] * z) + penalty, z.T @ (k * outputs.double()))
+    return coef[1:].to(outputs.dtype)
+
+
+def _random_coalitions(n: int, n_samples: int, sizes: Tensor, probs: Tensor, gen: torch.Generator) -> Tensor:
+    """``n_samples`` masks: a size drawn from ``sizes`` with ``probs``, then that many players uniformly."""
+    size = sizes[torch.multinomial(probs, n_samples, replacement=True, generator=gen)]
+    ranks = torch.rand(n_samples, n, generator=gen).argsort(1).argsort(1)
+    return ranks < size[:, None]
+
+
+def lime(value_fn: Callable[[Tensor], Tensor], n_features: int, n_samples: int = 500, kernel_width: float = 0.25,
+         seed: int = 0) -> Float[Tensor, "n_features"]:
+    """LIME (Ribeiro et al. 2016) from scratch: ``n_samples`` random coalitions (the first is the input itself,
+    all features present; each other switches off a uniformly random number 1 .. n of them, as LIME does for
+    text), scored by ``value_fn`` in one batch, then :func:`lime_surrogate` (exponential kernel on the fraction
+    switched off, weighted least squares with an intercept, ridge 1e-6). Returns the surrogate's weights."""
+    n = _check_batched_value_fn(value_fn, "n_features", n_features, "n_features")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
+        raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
+    gen = torch.Generator().manual_seed(seed)
+    masks = _random_coalitions(n, n_samples - 1, n - torch.arange(1, n + 1), torch.ones(n), gen)
+    masks = torch.cat([torch.ones(1, n, dtype=torch.bool), masks])
+    return lime_surrogate(masks, _evaluate(value_fn, masks), kernel_width)
+
+
+def shapley_kernel(n_players: int, size: Tensor) -> Float[Tensor, "..."]:
+    """The Shapley kernel ``(n - 1) / (C(n, s) s (n - s))`` of coalitions of size ``s`` (0 < s < n); the empty
+    and full coalitions (infinite weight) are handled as constraints by :func:`kernel_shap`."""
+    n, s = n_players, size.double()
+    binom = torch.exp(torch.lgamma(torch.tensor(n + 1.0)) - torch.lgamma(s + 1) - torch.lgamma(n - s + 1))
+    return (n - 1) / (binom * s * (n - s))
+
+
+def kernel_shap(value_fn: Callable[[Tensor], Tensor], n_players: int, n_samples: int | None = None,
+                seed: int = 0) -> Float[Tensor, "n_players"]:
+    """KernelSHAP (Lundberg & Lee 2017): the weighted least-squares fit ``v(S) ~ phi_0 + sum_{i in S} phi_i``
+    with Shapley kernel weights, constrained to ``phi_0 = v(empty)`` and ``sum phi = v(full) - v(empty)``
+    (efficiency). With ``n_samples >= 2 ** n_players - 2`` every proper coalition is used with its exact
+    kernel weight, and the answer equals :func:`shapley_values`; otherwise ``n_samples`` coalitions are drawn
+    (sizes with probability proportional to their total kernel weight, in complementary pairs) and weighted
+    equally. Default ``n_samples = 2 * n_players + 2048`` (shap's default). ``value_fn`` is batched."""
+    n = _check_batched_value_fn(value_fn, "n_players", n_players, "n_players")
+    if n_samples is None:
+        n_samples = 2 * n + 2048
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
+        raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
+    ends = _evaluate(value_fn, torch.stack([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]))
+    v0, total = ends[0], ends[1] - ends[0]
+    if n == 1:
+        return total.reshape(1)
+    if n <= 30 and n_samples >= 2 ** n - 2:
+        masks = _coalitions(n)[1:-1]
+        weights = shapley_kernel(n, masks.sum(1))
+    else:
+        sizes = torch.arange(1, n)
+        gen = torch.Generator().manual_seed(seed)
+        half = _random_coalitions(n, (n_samples + 1) // 2, sizes, shapley_kernel(n, sizes) * torch.exp(
+            torch.lgamma(torch.tensor(n + 1.0)) - torch.lgamma(sizes + 1.0) - torch.lgamma(n - sizes + 1.0)), gen)
+        masks = torch.cat([half, ~half])[:n_samples]
+        weights = torch.ones(len(masks), dtype=torch.float64)
+    y = _evaluate(value_fn, masks) - v0
+    z = masks.double()
+    # eliminate phi_last = total - sum(others): y - z_last total = sum_{i < last} phi_i (z_i - z_last)
+    a, b = z[:, :-1] - z[:, -1:], y - z[:, -1] * total
+    aw = a * weights[:, None]
+    head = torch.linalg.lstsq(a.T @ aw, aw.T @ b).solution
+    return torch.cat([head, (total - head.sum()).reshape(1)])
+
+
+# ----- the review classifier, one number per token -------------------------------------------------------------
+METHODS = ("saliency", "gradient_times_input", "integrated_gradients", "attention", "lime", "shap")
+
+
+def _removal_scores(model, row: Tensor, words: Tensor):
+    """A batched value function: masks over the review's words -> its score with the absent words <pad>."""
+    def value_fn(masks: Tensor) -> Tensor:
+        batch = row.repeat(len(masks), 1)
+        batch[:, words] = torch.where(masks, row[words], R.TOKEN[R.PAD])
+        with torch.no_grad():
+            return R.score(model, batch).double()
+    return value_fn
+
+
+def token_attributions(model, tokens: Int[Tensor, "batch pos"], method: str, **kw) -> Float[Tensor, "batch pos"]:
+    """Attributions of the review classifier's score (:func:`tinyinterp.reviews.score`) to each token.
+
+    Gradient methods differentiate :func:`~tinyinterp.reviews.score_of_embeddings`. ``"saliency"`` is the L2
+    norm over ``d_model`` of the gradient at each token (unsigned: Simonyan et al. take the largest absolute
+    gradient over colour channels; a signed sum would be the derivative along the all-ones direction, which
+    depends on the embedding basis). ``"gradient_times_input"`` and ``"integrated_gradients"`` sum their
+    per-dimension attributions over ``d_model`` (signed); ``"integrated_gradients"`` integrates from the review with every word replaced by ``<pad>`` (``steps``,
+    default 64), so its row sums are ``score(x) - score(all <pad>)``. ``"attention"`` is the ``<cls>``
+    position's attention pattern over positions, averaged over heads (``layer``, default the last): the naive
+    explanation. ``"lime"`` and ``"shap"`` treat the review's words (not ``<pad>``, not ``<cls>``) as players,
+    removing a word = replacing it with ``<pad>``; ``"shap"`` is :func:`kernel_shap`, exact by default
+    (``n_samples = 2 ** n_words``); ``lime`` takes ``n_samples``, ``kernel_width``, ``seed``. Padding and
+    ``<cls>`` get 0 (except under "attention", which reports the pattern as it is). Float64 for lime/shap."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    tokens = R._check_model_tokens(model, tokens)
+    if tokens.ndim != 2 or tokens.shape[1] > model.cfg.n_ctx or len(tokens) == 0:
+        raise ValueError(f"tokens must be [batch, pos] with batch >= 1 and pos <= {model.cfg.n_ctx}, got "
+                         f"{tuple(tokens.shape)}")
+    allowed = {"integrated_gradients": {"steps"}, "attention": {"layer"}, "lime": {"n_samples", "kernel_width", "seed"},
+               "shap": {"n_samples", "seed"}}.get(method, set())
+    if set(kw) - allowed:
+        raise TypeError(f"method {method!r} takes the keyword arguments {sorted(allowed)}, got {sorted(kw)}")
+    is_word = (tokens != R.TOKEN[R.PAD]) & (tokens != R.TOKEN[R.CLS])
+    if method == "attention":
+        layer = kw.get("layer", model.cfg.n_layers - 1)
+        with torch.no_grad():
+            name = f"blocks.{layer}.attn.hook_pattern"
+            _, cache = model.run_with_cache(tokens, names_filter=[name])
+        return cache[name][:, :, -1, :].mean(1)
+    if method in ("lime", "shap"):
+        out = torch.zeros(tokens.shape, dtype=torch.float64)
+        for b, row in enumerate(tokens):
+            words = is_word[b].nonzero().flatten()
+            if len(words) == 0:
+                continue
+            fn = _removal_scores(model, row, words)
+            if method == "lime":
+                out[b, words] = lime(fn, len(words), **kw)
+            else:
+                out[b, words] = kernel_shap(fn, len(words), **{"n_samples": 2 ** len(words), **kw})
+        return out
+    embed = model.embed(tokens).detach()
+    f = lambda e: R.score_of_embeddings(model, e)  # noqa: E731
+    if method == "saliency":  # the magnitude of the gradient per token: its L2 norm over d_model
+        return saliency(f, embed).norm(dim=-1) * is_word
+    if method == "gradient_times_input":
+        attr = gradient_times_input(f, embed)
+    else:
+        baseline = model.embed(torch.where(is_word, R.TOKEN[R.PAD], tokens)).detach()
+        attr = integrated_gradients(f, embed, baseline, **kw)
+    return attr.sum(-1) * is_word
+
+
+# ----- small functions that exercise cases bind as f or value_fn (harness.bound.BoundFunction) ---------------
+def _review_score(embeddings, model):
+    """``f`` for chapter 12's gradient exercises: the review model's score from token embeddings
+    [batch, pos, d_model]."""
+    return R.score_of_embeddings(model, embeddings)
+
+
+def _tanh_net(x, W_in, b_in, w_out):
+    """``f`` for chapter 12's gradient exercises: a one-hidden-layer tanh network, [batch, d] -> [batch]."""
+    return torch.tanh(x @ W_in + b_in) @ w_out
+
+
+def _table_game(mask, table):
+    """``value_fn`` for chapter 12's Shapley exercises: a game given by its value on each coalition (binary code)."""
+    return float(table[int((mask.long() << torch.arange(len(mask))).sum())])
+
+
+def _review_game(mask, model, tokens, words):
+    """``value_fn`` for chapter 12's Shapley exercises: the review's score with the words ``words[i]`` not in ``mask``
+    replaced by ``<pad>``."""
+    row = tokens.clone()
+    absent = torch.tensor(words)[~mask]
+    row[absent] = R.TOKEN[R.PAD]
+    with torch.no_grad():
+        return float(R.score(model, row[None])[0])
+
+
+__all__ = ["saliency", "gradient_times_input", "integrated_gradients", "shapley_values", "lime", "lime_surrogate",
+           "lime_kernel", "kernel_shap", "shapley_kernel", "token_attributions", "METHODS", "MAX_PLAYERS"]

@@ -19,6 +19,7 @@ def main(job_fd: int, fd: int, inputs_fd: int) -> None:
 
     from tinyinterp.grading import inputs as test_inputs
     from tinyinterp.grading.protocol import encode, to_wire
+    from tinyinterp.harness.judge import comparable
     from tinyinterp.harness.runner import Outcome, run_case
 
     out = os.fdopen(fd, "wb", buffering=0)
@@ -74,7 +75,7 @@ def main(job_fd: int, fd: int, inputs_fd: int) -> None:
             send(event="case", id=ex_id, case=k, output=to_wire(o.output), timed_out=o.timed_out,
                  error_type=None if o.error is None else type(o.error).__name__,
                  traceback=o.traceback[-2000:], seconds=o.seconds,
-                 inputs_after={n: to_wire(v) for n, v in (o.inputs_after or {}).items()})
+                 inputs_after={n: to_wire(comparable(v)) for n, v in (o.inputs_after or {}).items()})
         send(event="exercise_end", id=ex_id)
     send(event="done")
     out.flush()

@@ -7,7 +7,9 @@ The book's richer inputs travel in a tagged form, ``{TAG: kind, ...}``:
 - a model: its class (one of :data:`MODEL_CLASSES`), its ``TransformerConfig`` as a dict, its
   ``state_dict``, its train/eval mode and which parameters require grad;
 - an :class:`~tinyinterp.hooks.ActivationCache`: its dict of tensors;
-- a :class:`~tinyinterp.config.TransformerConfig`: its dict.
+- a :class:`~tinyinterp.config.TransformerConfig`: its dict;
+- a :class:`~tinyinterp.harness.bound.BoundFunction`: the import path of its function (inside ``tinyinterp``)
+  and its bound keyword arguments, as plain data.
 
 Anything else raises :class:`InputEncodingError` naming the exercise, the case and the argument, so a
 new kind of input fails at release and in the tests (``tinyinterp release`` encodes every case), never
@@ -43,6 +45,7 @@ def _class_name(x: Any) -> str:
 def encode(x: Any, where: str = "input") -> Any:
     """``x`` as plain data (tagged forms for models, caches and configs); raises InputEncodingError."""
     from ..config import TransformerConfig
+    from ..harness.bound import BoundFunction
     from ..hooks import ActivationCache
     from ..model import HookedTransformer
 
@@ -58,15 +61,21 @@ def encode(x: Any, where: str = "input") -> Any:
         return {k: encode(v, f"{where}[{k!r}]") for k, v in x.items()}
     if type(x) is TransformerConfig:
         return {TAG: "config", "fields": x.to_dict()}
+    if type(x) is BoundFunction:
+        return {TAG: "function", "path": x.path, "bound": encode(x.bound, f"{where} (bound arguments)")}
     if type(x) is ActivationCache:
         return {TAG: "activation_cache", "activations": encode(dict(x.items()), f"{where} (cache)")}
     if isinstance(x, HookedTransformer) and _class_name(x) in MODEL_CLASSES:
         if any(hp._hook_fns for hp in x.hook_dict.values()):
             raise InputEncodingError(f"{where}: a model with hooks attached cannot be sent (hooks are code)")
-        return {TAG: "model", "class": _class_name(x), "config": x.cfg.to_dict(),
+        dtypes = {str(t.dtype).removeprefix("torch.") for t in x.state_dict().values() if t.is_floating_point()}
+        if len(dtypes) > 1:
+            raise InputEncodingError(f"{where}: a model with parameters of several dtypes {sorted(dtypes)}")
+        return {TAG: "model", "class": _class_name(x), "config": x.cfg.to_dict(), "dtype": min(dtypes, default=None),
                 "state": {k: v.detach().clone() for k, v in x.state_dict().items()}, "training": x.training,
                 "requires_grad": {k: p.requires_grad for k, p in x.named_parameters()}}
-    kinds = "tensors, numbers, strings, None, tuples/lists/dicts of them, a TransformerConfig, an ActivationCache"
+    kinds = ("tensors, numbers, strings, None, tuples/lists/dicts of them, a TransformerConfig, an ActivationCache, "
+             "a BoundFunction")
     raise InputEncodingError(
         f"{where}: a {_class_name(x)} cannot be sent to the grading process (supported: {kinds}, and models of "
         f"the classes in MODEL_CLASSES: {', '.join(sorted(MODEL_CLASSES))}); add it to tinyinterp/grading/inputs.py")
@@ -91,6 +100,13 @@ def decode(x: Any) -> Any:
         return ActivationCache(decode(x["activations"]))
     if kind == "model":
         return _rebuild_model(x)
+    if kind == "function":
+        from ..harness.bound import BoundFunction, resolve
+
+        try:
+            return BoundFunction(resolve(x["path"]), **decode(x["bound"]))
+        except (ValueError, AttributeError, ImportError) as e:
+            raise InputEncodingError(f"function input {x['path']!r}: {e}") from None
     raise InputEncodingError(f"unknown tagged input {kind!r}")
 
 
@@ -102,6 +118,8 @@ def _rebuild_model(x: dict) -> nn.Module:
     from ..config import TransformerConfig
 
     model = cls(TransformerConfig.from_dict(x["config"]))
+    if x.get("dtype") in ("float64", "float32", "float16", "bfloat16"):
+        model.to(getattr(torch, x["dtype"]))  # before loading, so the state keeps its own precision
     model.load_state_dict(x["state"])
     model.train(bool(x["training"]))
     for name, p in model.named_parameters():

@@ -397,6 +397,23 @@ def read_only_roots() -> list[Path]:
     return _outermost(p for p in roots if p.exists())
 
 
+# Installed only as the tests' independent oracles (the dev extra) or their dependencies; each would do a
+# Part V exercise's work (captum: integrated gradients; shap: Shapley values; scipy: Spearman; scikit-learn:
+# weighted least squares), and an instructor who installs ``tinyinterp[grade]`` does not have them, so the
+# child never sees them: each folder is covered by an empty, read-only tmpfs.
+ORACLE_PACKAGES = ("captum", "shap", "scipy", "sklearn")
+
+
+def oracle_package_dirs() -> list[Path]:
+    """The folders of :data:`ORACLE_PACKAGES` on the child's Python path (none where they are not installed)."""
+    found = set()
+    for entry in _python_path_entries():
+        for name in ORACLE_PACKAGES:
+            if (Path(entry) / name / "__init__.py").is_file():
+                found.add(Path(entry) / name)
+    return sorted(found)
+
+
 def check_hidden(binds: list[Path], hide: list[Path]) -> None:
     """Refuse to show the child a path that is, or contains, a folder the run must keep from it (compared
     as given and with symlinks resolved)."""
@@ -474,6 +491,8 @@ def sandbox_argv(uid: int, package: Path | None, hide: list[Path], limits: Limit
         parents(r)
         args.extend(["--ro-bind", str(r), str(r)])
         bound.append(r)
+    for oracle in oracle_package_dirs():
+        args.extend(["--perms", "0555", "--tmpfs", str(oracle), "--remount-ro", str(oracle)])
     if package is not None:
         for loc in package_locations():
             parents(loc)

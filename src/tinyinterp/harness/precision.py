@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..hooks import ActivationCache
+from .bound import BoundFunction
 
 TensorFn = Callable[[Tensor], Tensor]
 
@@ -34,6 +35,8 @@ def map_float_tensors(value: Any, fn: TensorFn) -> Any:
         return module
     if isinstance(value, ActivationCache):
         return ActivationCache({k: map_float_tensors(v, fn) for k, v in value.items()})
+    if isinstance(value, BoundFunction):
+        return value.with_bound(map_float_tensors(value.bound, fn))
     if isinstance(value, (tuple, list)):
         return type(value)(map_float_tensors(v, fn) for v in value)
     if isinstance(value, dict):
@@ -47,6 +50,8 @@ def float_dtypes(value: Any) -> set[torch.dtype]:
         return {value.dtype} if value.is_floating_point() else set()
     if isinstance(value, nn.Module):
         return {t.dtype for t in (*value.parameters(), *value.buffers()) if t.is_floating_point()}
+    if isinstance(value, BoundFunction):
+        value = value.bound
     if isinstance(value, (ActivationCache, dict)):
         value = [v for _, v in value.items()]
     if isinstance(value, (tuple, list)):

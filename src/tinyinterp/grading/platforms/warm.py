@@ -19,6 +19,11 @@ BUILDERS = {
     "sae": ("tinyinterp.sae_lm", "lm_sae", {}),
     "sae_topk": ("tinyinterp.sae_lm", "lm_sae", {"topk": True}),
     "brackets": ("tinyinterp.brackets", "bracket_model", {}),
+    "reviews": ("tinyinterp.reviews", "review_model", {}),
+    "reviews_film": ("tinyinterp.reviews", "review_model", {"shortcut": "film"}),
+    "reviews_shuffled": ("tinyinterp.reviews", "review_model", {"shuffle_labels": True}),
+    "reviews_music": ("tinyinterp.reviews", "review_model", {"shortcut": "music"}),
+    "reviews_film_augmented": ("tinyinterp.shortcut", "augmented_model", {"shortcut": "film"}),
 }
 
 # chapter -> the models its notebook loads (tests/test_platforms.py checks this against solutions/).
@@ -35,6 +40,10 @@ CHAPTER_MODELS = {
     "09_activation_patching": ["induction", "part1"],
     "10_path_and_attribution_patching": ["induction", "part1"],
     "11_probes_and_steering": ["brackets"],
+    "12_attributions": ["reviews"],
+    "13_do_explanations_explain": ["reviews", "reviews_shuffled"],
+    "14_catch_the_shortcut": ["reviews_film", "reviews_film_augmented"],
+    "15_interpretability_at_scale": [],
 }
 
 
