@@ -543,10 +543,12 @@ from tinyinterp.checkpoint import source_hash
 raised = {{}}
 for ex in all_exercises().values():
     for i, fn in enumerate((ex.reference, *ex.withheld)):
-        required = [p for p in inspect.signature(fn).parameters.values() if p.default is p.empty]
+        params = inspect.signature(fn).parameters.values()
+        positional = [p for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        keyword = {{p.name: None for p in params if p.default is p.empty and p.kind is p.KEYWORD_ONLY}}
         key = ex.id if i == 0 else f"{{ex.id}} withheld {{i}}"
         try:
-            fn(*[None] * len(required))
+            fn(*[None] * len(positional), **keyword)
             raised[key] = None
         except Exception as e:
             raised[key] = [type(e).__name__, str(e)]

@@ -5,6 +5,8 @@ import dataclasses
 
 import pytest
 import torch
+
+from tinyinterp.harness.bound import BoundFunction
 from torch import nn
 
 from tinyinterp import HookedTransformer, TrainConfig, train
@@ -155,6 +157,8 @@ def _frozen(value):
         return ("tensor", value.dtype, tuple(value.shape), value.detach().contiguous().numpy().tobytes())
     if isinstance(value, nn.Module):
         return ("module", type(value).__name__, _frozen(dict(value.state_dict())))
+    if isinstance(value, BoundFunction):
+        return ("bound function", value.path, _frozen(value.bound))
     if isinstance(value, torch.Generator):
         return ("generator", _frozen(value.get_state()))
     if isinstance(value, dict) or hasattr(value, "items"):  # dicts and ActivationCache

@@ -70,16 +70,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TINYINTERP_CACHE", Path.home() / ".cache" / "tinyinterp"))
 
 
-def cache_key(name: str, spec: dict) -> str:
+def cache_key(name: str, spec: dict, follow_offset: bool = True) -> str:
     """``name-<hash>`` of the name, the spec, the code version and the seed offset
-    (``$TINYINTERP_SEED_OFFSET``, see :mod:`tinyinterp.seeds`): each offset trains its own models."""
-    blob = json.dumps({"name": name, "spec": spec, "code": code_version(), "seed_offset": seed_offset()},
+    (``$TINYINTERP_SEED_OFFSET``, see :mod:`tinyinterp.seeds`): each offset trains its own models.
+    ``follow_offset=False`` (a model an exercise's test cases use, trained from the seeds as given): the key
+    of offset 0 under every offset."""
+    offset = seed_offset() if follow_offset else 0
+    blob = json.dumps({"name": name, "spec": spec, "code": code_version(), "seed_offset": offset},
                       sort_keys=True)
     return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
 def cached_model(
-    name: str, spec: dict, build: Callable[[], tuple[HookedTransformer, dict]]
+    name: str, spec: dict, build: Callable[[], tuple[HookedTransformer, dict]], follow_offset: bool = True,
 ) -> tuple[HookedTransformer, dict]:
     """Return the model cached under ``(name, spec, code version)``, building it on first use.
 
@@ -90,7 +93,7 @@ def cached_model(
     def to_checkpoint(model: HookedTransformer, extra: dict) -> dict:
         return {"config": model.cfg.to_dict(), "state_dict": model.state_dict(), "extra": extra}
 
-    return cached_build(name, spec, build, to_checkpoint, _model_from_checkpoint)
+    return cached_build(name, spec, build, to_checkpoint, _model_from_checkpoint, follow_offset)
 
 
 def _model_from_checkpoint(ckpt: dict) -> tuple[HookedTransformer, dict]:
@@ -102,13 +105,14 @@ def _model_from_checkpoint(ckpt: dict) -> tuple[HookedTransformer, dict]:
 def cached_build(
     name: str, spec: dict, build: Callable[[], tuple[T, dict]],
     to_checkpoint: Callable[[T, dict], dict], from_checkpoint: Callable[[dict], tuple[T, dict]],
+    follow_offset: bool = True,
 ) -> tuple[T, dict]:
     """The disk cache behind :func:`cached_model`, for any trained object.
 
     ``to_checkpoint(obj, extra)`` gives a dict of tensors and plain data (saved atomically);
     ``from_checkpoint(dict)`` rebuilds ``(obj, extra)`` from it (loaded with ``weights_only=True``).
     """
-    path = cache_dir() / f"{cache_key(name, spec)}.pt"
+    path = cache_dir() / f"{cache_key(name, spec, follow_offset)}.pt"
 
     def load() -> tuple[T, dict]:
         return from_checkpoint(torch.load(path, map_location="cpu", weights_only=True))

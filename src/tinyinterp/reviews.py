@@ -193,13 +193,14 @@ TRAIN_SHORTCUT_P = (0.0, 1.0)  # the shortcut word in every positive training re
 
 
 def train_classifier(data: Reviews, cfg: TransformerConfig = REVIEW_MODEL, train_cfg: ReviewTrain = REVIEW_TRAIN,
-                     progress: bool = True) -> tuple[HookedTransformer, dict]:
+                     progress: bool = True, follow_offset: bool = True) -> tuple[HookedTransformer, dict]:
     """Train a classifier on ``data`` with the logistic loss on :func:`score` (AdamW, seeded through
-    :func:`~tinyinterp.seeds.training_seed`). Returns the model and ``{"losses": [...]}``."""
+    :func:`~tinyinterp.seeds.training_seed`, or with the seeds as given if ``follow_offset=False``).
+    Returns the model and ``{"losses": [...]}``."""
     if not isinstance(data, Reviews):
         raise TypeError(f"data must be Reviews (from generate_reviews), got {type(data).__name__}")
-    model = HookedTransformer(with_training_seed(cfg))
-    g = torch.Generator().manual_seed(training_seed(train_cfg.seed))
+    model = HookedTransformer(with_training_seed(cfg) if follow_offset else cfg)
+    g = torch.Generator().manual_seed(training_seed(train_cfg.seed) if follow_offset else train_cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     losses = []
     model.train()
@@ -216,14 +217,15 @@ def train_classifier(data: Reviews, cfg: TransformerConfig = REVIEW_MODEL, train
 
 
 def review_model(shortcut: str | None = None, seed: int = 0, shuffle_labels: bool = False,
-                 progress: bool = True) -> tuple[HookedTransformer, dict]:
+                 progress: bool = True, follow_offset: bool = True) -> tuple[HookedTransformer, dict]:
     """The review classifier, cached on disk (a few seconds to train on first use): ``(model, history)``.
 
     ``shortcut=None`` trains on clean reviews; a neutral word trains on reviews where that word appears in
     every positive review and no negative one (:data:`TRAIN_SHORTCUT_P`). ``seed`` moves the model's
     initialisation and batch order (the data stays the same). ``shuffle_labels=True`` trains on the same
     reviews with their labels randomly permuted (the data-randomisation test of Adebayo et al. 2018: a
-    model that can only memorise)."""
+    model that can only memorise). ``follow_offset=False``: trained from the seeds as given whatever
+    ``$TINYINTERP_SEED_OFFSET`` says (for exercises' test cases, which never move with the offset)."""
     p = _check_shortcut(shortcut, TRAIN_SHORTCUT_P)
     _check_int("seed", seed, 0)
     cfg = REVIEW_MODEL if seed == 0 else REVIEW_MODEL.__class__(**{**REVIEW_MODEL.to_dict(), "seed": seed})
@@ -237,9 +239,9 @@ def review_model(shortcut: str | None = None, seed: int = 0, shuffle_labels: boo
         data = generate_reviews(train_cfg.n_reviews, seed=train_cfg.data_seed, shortcut=shortcut, p_shortcut=p)
         if shuffle_labels:
             data.labels = data.labels[torch.randperm(len(data), generator=torch.Generator().manual_seed(1))]
-        return train_classifier(data, cfg, train_cfg, progress=progress)
+        return train_classifier(data, cfg, train_cfg, progress=progress, follow_offset=follow_offset)
 
-    return cached_model("reviews", spec, build)
+    return cached_model("reviews", spec, build, follow_offset=follow_offset)
 
 
 __all__ = ["PAD", "CLS", "LABEL_NEG", "LABEL_POS", "NEUTRAL", "POSITIVE", "NEGATIVE", "VOCAB", "TOKEN", "N_WORDS",

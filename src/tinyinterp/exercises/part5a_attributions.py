@@ -72,7 +72,7 @@ CALLABLE_WHILE_GRADING = {
 
 @functools.lru_cache(maxsize=None)
 def _trained_state():
-    return R.review_model()[0]
+    return R.review_model(progress=False, follow_offset=False)[0]  # test cases never move with the seed offset
 
 
 def _trained():

@@ -66,7 +66,8 @@ CALLABLE_WHILE_GRADING.update({
 
 
 def _model(shortcut: str):
-    return _shown(R.review_model(shortcut=shortcut)[0])
+    # test cases never move with the seed offset
+    return _shown(R.review_model(shortcut=shortcut, progress=False, follow_offset=False)[0])
 
 
 def _pick(gen: torch.Generator, options):
@@ -80,7 +81,7 @@ def _planted(gen: torch.Generator, sign: int | None = None):
     word = _pick(gen, [w for w in R.NEUTRAL if w not in (PUBLIC_SHORTCUT, HIDDEN_SHORTCUT)])
     sign = sign if sign is not None else _pick(gen, (1, -1))
     like = _pick(gen, R.POSITIVE if sign > 0 else R.NEGATIVE)
-    model = _shown(R.review_model()[0])
+    model = _shown(R.review_model(progress=False, follow_offset=False)[0])
     with torch.no_grad():
         model.embed.W_E[R.TOKEN[word]] = model.embed.W_E[R.TOKEN[like]]
     return model, word, sign
