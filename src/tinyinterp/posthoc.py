@@ -166,11 +166,15 @@ def _evaluate(value_fn, masks: Tensor) -> Float[Tensor, "n_samples"]:
     return out
 
 
+def lime_distance(masks: Bool[Tensor, "n_samples n"]) -> Float[Tensor, "n_samples"]:
+    """Each coalition's distance from the all-present input: the fraction of features switched off (0 .. 1)."""
+    return 1.0 - masks.double().mean(1)
+
+
 def lime_kernel(masks: Bool[Tensor, "n_samples n"], kernel_width: float) -> Float[Tensor, "n_samples"]:
-    """LIME's proximity weight of each coalition: ``exp(-d ** 2 / kernel_width ** 2)`` with ``d`` the fraction
-    of features switched off (its distance from the all-present input, 0 .. 1)."""
-    d = 1.0 - masks.double().mean(1)
-    return torch.exp(-(d ** 2) / kernel_width ** 2)
+    """LIME's proximity weight of each coalition: ``exp(-d ** 2 / kernel_width ** 2)`` with ``d`` its
+    :func:`lime_distance`."""
+    return torch.exp(-(lime_distance(masks) ** 2) / kernel_width ** 2)
 
 
 def lime_surrogate(masks: Bool[Tensor, "n_samples n"], outputs: Float[Tensor, "n_samples"], kernel_width: float = 0.25,
@@ -275,6 +279,15 @@ def _removal_scores(model, row: Tensor, words: Tensor):
     return value_fn
 
 
+def cls_attention(model, tokens: Int[Tensor, "batch pos"], layer: int | None = None) -> Float[Tensor, "batch pos"]:
+    """The attention paid by the ``<cls>`` position (the last) to each position, averaged over the heads of
+    ``layer`` (default: the model's last layer): ``[batch, pos]`` (each row sums to 1)."""
+    name = f"blocks.{model.cfg.n_layers - 1 if layer is None else layer}.attn.hook_pattern"
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=[name])
+    return cache[name][:, :, -1, :].mean(1)
+
+
 def token_attributions(model, tokens: Int[Tensor, "batch pos"], method: str, **kw) -> Float[Tensor, "batch pos"]:
     """Attributions of the review classifier's score (:func:`tinyinterp.reviews.score`) to each token.
 
@@ -301,11 +314,7 @@ def token_attributions(model, tokens: Int[Tensor, "batch pos"], method: str, **k
         raise TypeError(f"method {method!r} takes the keyword arguments {sorted(allowed)}, got {sorted(kw)}")
     is_word = (tokens != R.TOKEN[R.PAD]) & (tokens != R.TOKEN[R.CLS])
     if method == "attention":
-        layer = kw.get("layer", model.cfg.n_layers - 1)
-        with torch.no_grad():
-            name = f"blocks.{layer}.attn.hook_pattern"
-            _, cache = model.run_with_cache(tokens, names_filter=[name])
-        return cache[name][:, :, -1, :].mean(1)
+        return cls_attention(model, tokens, kw.get("layer"))
     if method in ("lime", "shap"):
         out = torch.zeros(tokens.shape, dtype=torch.float64)
         for b, row in enumerate(tokens):
@@ -358,4 +367,5 @@ def _review_game(mask, model, tokens, words):
 
 
 __all__ = ["saliency", "gradient_times_input", "integrated_gradients", "shapley_values", "lime", "lime_surrogate",
-           "lime_kernel", "kernel_shap", "shapley_kernel", "token_attributions", "METHODS", "MAX_PLAYERS"]
+           "lime_distance", "lime_kernel", "cls_attention", "kernel_shap", "shapley_kernel", "token_attributions",
+           "METHODS", "MAX_PLAYERS"]

@@ -34,6 +34,7 @@ CALLABLE_WHILE_GRADING = {
     "tinyinterp.posthoc._check_batched_value_fn": "an input check on value_fn and a count",
     "tinyinterp.posthoc._evaluate": "calls value_fn on a batch of masks and checks the shape of what it returns",
     "tinyinterp.posthoc.lime_kernel": "LIME's kernel is stated in the exercise text; the fit is the exercise",
+    "tinyinterp.posthoc.lime_distance": "the fraction of features switched off, as the exercise text states it",
     "tinyinterp.posthoc._random_coalitions": "draws random masks; no exercise asks for sampling",
     "tinyinterp.posthoc.shapley_kernel": "KernelSHAP's regression weights, not the Shapley value weights asked for",
     "tinyinterp.posthoc._removal_scores": "a value function of the review model (scores with words removed)",
@@ -338,10 +339,6 @@ def _wls(masks, outputs, weights, intercept=True):
     return (coef[1:] if intercept else coef).to(outputs.dtype)
 
 
-def _distance(masks):
-    return 1.0 - masks.double().mean(1)
-
-
 register(Exercise(
     id="lime_surrogate", chapter=CH12, title="LIME's weighted linear surrogate",
     signature="lime_surrogate(masks, outputs, kernel_width)", reference=P.lime_surrogate,
@@ -355,36 +352,27 @@ register(Exercise(
         Mistake("Your fit has no intercept: add a column of ones to the masks (and drop its coefficient from "
                 "the answer); without it the weights must also explain the output of the empty input.",
                 lambda masks, outputs, kernel_width: _wls(masks, outputs, torch.exp(
-                    -_distance(masks) ** 2 / kernel_width ** 2), intercept=False)),
+                    -P.lime_distance(masks) ** 2 / kernel_width ** 2), intercept=False)),
         Mistake("Your distance is the fraction of features kept; LIME's is the distance from the input, "
                 "the fraction switched off (0 for the input itself).",
                 lambda masks, outputs, kernel_width: _wls(masks, outputs, torch.exp(
-                    -(1 - _distance(masks)) ** 2 / kernel_width ** 2))),
+                    -(1 - P.lime_distance(masks)) ** 2 / kernel_width ** 2))),
         Mistake("Square the distance in the kernel: exp(-d^2 / kernel_width^2), not exp(-d / kernel_width^2).",
                 lambda masks, outputs, kernel_width: _wls(masks, outputs, torch.exp(
-                    -_distance(masks) / kernel_width ** 2))),
+                    -P.lime_distance(masks) / kernel_width ** 2))),
         Mistake("Your weights are sqrt(exp(-d^2 / kernel_width^2)), the kernel of the `lime` package (which "
                 "weights samples by it); the weight asked for here is pi = exp(-d^2 / kernel_width^2) itself.",
                 lambda masks, outputs, kernel_width: _wls(masks, outputs, torch.exp(
-                    -_distance(masks) ** 2 / kernel_width ** 2).sqrt())),
+                    -P.lime_distance(masks) ** 2 / kernel_width ** 2).sqrt())),
         Mistake("You scaled the rows of [1, masks] and the outputs by the kernel pi; least squares squares the "
                 "residuals, so that weights each sample by pi^2. Scale the rows by sqrt(pi).",
                 lambda masks, outputs, kernel_width: _wls(masks, outputs, torch.exp(
-                    -_distance(masks) ** 2 / kernel_width ** 2) ** 2)),
+                    -P.lime_distance(masks) ** 2 / kernel_width ** 2) ** 2)),
     ],
 ))
 
 
 # ----- cls_attention -------------------------------------------------------------------------------------------------
-def cls_attention(model, tokens):
-    """The attention paid by the ``<cls>`` position (the last) to each position, averaged over the heads of
-    the model's last layer: ``[batch, pos]`` (each row sums to 1)."""
-    name = f"blocks.{model.cfg.n_layers - 1}.attn.hook_pattern"
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=[name])
-    return cache[name][:, :, -1, :].mean(1)
-
-
 def _pattern(model, tokens, layer=-1):
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens)
@@ -408,7 +396,7 @@ def _attention_cases(gen, hidden):
 
 register(Exercise(
     id="cls_attention", chapter=CH12, title="Attention from <cls>: the naive explanation",
-    signature="cls_attention(model, tokens)", reference=cls_attention,
+    signature="cls_attention(model, tokens)", reference=P.cls_attention,
     withheld=(P.token_attributions,),
     cases=_attention_cases, points=1, difficulty=1, importance=3, minutes=10, atol=1e-5, rtol=1e-4,
     mistakes=[
